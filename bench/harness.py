@@ -1,0 +1,59 @@
+"""A minimal benchmark harness: warm-up, repetitions, median / min / max per operation."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+
+
+@attrs.frozen
+class Result:
+    name: str
+    unit: str
+    median: float
+    minimum: float
+    maximum: float
+    repetitions: int
+    inner: int
+
+
+def measure(name: str, op: Callable[[], object], *, inner: int = 10_000, repetitions: int = 7,
+            warmup: int = 1) -> Result:
+    """Time ``op`` ``inner`` times per repetition; report microseconds per call."""
+    for _ in range(warmup):
+        for _ in range(inner):
+            op()
+    samples = []
+    for _ in range(repetitions):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            op()
+        samples.append((time.perf_counter() - t0) / inner * 1e6)
+    return Result(name, "us/op", statistics.median(samples), min(samples), max(samples), repetitions, inner)
+
+
+def report(results: list[Result], path: Path) -> None:
+    """Print a table and write the results atomically as JSON to ``path``."""
+    print(f"{'benchmark':40} {'median':>10} {'min':>10} {'max':>10}  unit")
+    for r in results:
+        print(f"{r.name:40} {r.median:10.3f} {r.minimum:10.3f} {r.maximum:10.3f}  {r.unit}")
+    data = {
+        "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
+                    "platform": platform.platform()},
+        "results": [attrs.asdict(r) for r in results],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)

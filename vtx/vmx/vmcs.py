@@ -1,0 +1,192 @@
+"""The virtual-machine control structure (VMCS) as a frozen value, and VMREAD / VMWRITE.
+
+A VMCS region (SDM Vol. 3C §26.2 "Format of the VMCS Region") holds a revision identifier,
+the shadow-VMCS indicator, the VMX-abort indicator and the VMCS data; the processor also keeps
+a launch state (clear or launched) for it. Field values are stored grouped by the (width, type)
+of their encodings and indexed by the encoding's index, so that a write copies one small group.
+
+VMREAD and VMWRITE (SDM Vol. 3C §32.3 "VMX Instructions") access a field by its 32-bit encoding: a 64-bit field
+also by its high access (encoding + 1, bits 63:32); fields narrower than the operand are
+zero-extended on read and truncated on write; a 64-bit field written with a 32-bit operand has
+its upper half cleared.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import attrs
+
+from vtx.bits import mask, parse_int
+from vtx.errors import InputError, NotEvaluable
+from vtx.outcomes import VmFailValid, VmSucceed
+from vtx.spec import ENCODING, REGION, VMCS_FIELDS, VmcsField, get_error
+from vtx.vmx.capabilities import Capabilities
+
+
+def _slots() -> tuple[dict[int, tuple[int, int]], tuple[tuple[int, ...], ...]]:
+    """Where each field lives: one group per (width, type) of the encoding, indexed by the
+    field's index, so that a write copies one small group instead of the whole VMCS."""
+    groups = sorted({(f.width.value, f.type.value) for f in VMCS_FIELDS})
+    number = {g: n for n, g in enumerate(groups)}
+    sizes = [0] * len(groups)
+    slots = {}
+    for f in VMCS_FIELDS:
+        g = number[(f.width.value, f.type.value)]
+        slots[f.encoding] = (g, f.index)
+        sizes[g] = max(sizes[g], f.index + 1)
+    return slots, tuple((0,) * n for n in sizes)
+
+
+_SLOT, _ZEROS = _slots()
+_HIGH_SHIFT = 32
+_ERR_UNSUPPORTED = get_error("UNSUPPORTED_VMCS_COMPONENT")
+_ERR_READ_ONLY = get_error("VMWRITE_READ_ONLY_VMCS_COMPONENT")
+
+
+class LaunchState(enum.Enum):
+    """The launch state of a VMCS (SDM Vol. 3C §26.1 "Overview"): VMCLEAR makes it clear,
+    a successful VMLAUNCH makes it launched."""
+
+    CLEAR = "clear"
+    LAUNCHED = "launched"
+
+
+def _check_revision(value: int) -> int:
+    if not 0 <= value <= REGION.revision_id.mask:
+        raise InputError("revision_id", hex(value), f"a VMCS revision identifier has bits {REGION.revision_id}")
+    return value
+
+
+def _check_abort(value: int) -> int:
+    if not 0 <= value <= mask(32):
+        raise InputError("abort_indicator", hex(value), "the VMX-abort indicator is 32 bits (bytes 4-7)")
+    return value
+
+
+@attrs.frozen
+class Vmcs:
+    """A VMCS: region header, launch state and the value of every field (0 if never written)."""
+
+    revision_id: int = attrs.field(default=0, converter=_check_revision)
+    shadow: bool = False
+    abort_indicator: int = attrs.field(default=0, converter=_check_abort)
+    launch_state: LaunchState = LaunchState.CLEAR
+    values: tuple[tuple[int, ...], ...] = attrs.field(default=_ZEROS, repr=False)
+
+    @classmethod
+    def from_fields(cls, fields: Mapping[str | int, object], **header: object) -> Vmcs:
+        """A VMCS holding ``fields`` (by Linux name, encoding, or ``"0x6800"``; values as ints or
+        hex strings). A value wider than its field is bad input, not truncated."""
+        return cls(**header).with_fields(fields)  # type: ignore[arg-type]
+
+    def get(self, field: VmcsField) -> int:
+        """The full value of ``field``."""
+        g, i = _SLOT[field.encoding]
+        return self.values[g][i]
+
+    def __getitem__(self, ref: str | int) -> int:
+        return self.get(VMCS_FIELDS.field(ref))
+
+    def set(self, field: VmcsField, value: int) -> Vmcs:
+        """A copy with ``field`` set to ``value``, which must fit the field."""
+        return self._replace(field, _fit(field, value))
+
+    def _replace(self, field: VmcsField, value: int) -> Vmcs:
+        """A copy with ``field`` set to ``value`` (already known to fit)."""
+        g, i = _SLOT[field.encoding]
+        values = self.values
+        group = values[g]
+        new = object.__new__(Vmcs)
+        for name in _HEADER:
+            object.__setattr__(new, name, getattr(self, name))
+        object.__setattr__(new, "values", (*values[:g], (*group[:i], value, *group[i + 1:]), *values[g + 1:]))
+        return new
+
+    def with_fields(self, fields: Mapping[str | int, object]) -> Vmcs:
+        """A copy with several fields set (same input rules as :meth:`from_fields`)."""
+        vmcs = self
+        for ref, raw in fields.items():
+            field = VMCS_FIELDS.field(ref)
+            vmcs = vmcs._replace(field, _fit(field, raw))
+        return vmcs
+
+    def nonzero_fields(self) -> dict[str, int]:
+        """Every field with a non-zero value, by name, in encoding order."""
+        return {f.name: v for f in VMCS_FIELDS if (v := self.get(f))}
+
+
+_HEADER = tuple(a.name for a in attrs.fields(Vmcs) if a.name != "values")
+
+
+def _fit(field: VmcsField, raw: object) -> int:
+    try:
+        value = parse_int(raw)
+    except ValueError as e:
+        raise InputError(str(field), repr(raw), f"a field value is an integer or hex string ({e})") from e
+    if not 0 <= value <= mask(field.bits):
+        raise InputError(str(field), hex(value) if value >= 0 else str(value),
+                         f"wider than the {field.width.value}-bit field (SDM {ENCODING.citation})")
+    return value
+
+
+# ----------------------------------------------------------------------------- VMREAD / VMWRITE
+
+
+def _lookup(caps: Capabilities, encoding: int, operand_bits: int) -> tuple[VmcsField, bool] | None:
+    """The field an encoding operand selects, or None if it names no supported component."""
+    if operand_bits not in (32, 64):
+        raise InputError("operand_bits", operand_bits, "VMREAD/VMWRITE operands are 32 or 64 bits")
+    if encoding >> ENCODING.operand_bits and operand_bits == 64:
+        return None
+    hit = VMCS_FIELDS.by_encoding(encoding & mask(ENCODING.operand_bits))
+    if hit is None:
+        return None
+    supported = caps.field_exists(hit[0])
+    if supported is None:
+        raise NotEvaluable(str(hit[0]), f"exists if {hit[0].exists}", "the capability profile cannot say "
+                           "whether this processor supports the field")
+    return hit if supported else None
+
+
+def vmread(vmcs: Vmcs, caps: Capabilities, encoding: int, *, operand_bits: int = 64) -> VmSucceed | VmFailValid:
+    """VMREAD from the current VMCS: the field's value zero-extended (or truncated) to the
+    operand size, or VMfailValid(12) if the encoding names no supported VMCS component."""
+    hit = _lookup(caps, encoding, operand_bits)
+    if hit is None:
+        return VmFailValid(_ERR_UNSUPPORTED)
+    field, high = hit
+    value = vmcs.get(field)
+    if high:
+        value >>= _HIGH_SHIFT
+    return VmSucceed(value & mask(operand_bits))
+
+
+def vmwrite(vmcs: Vmcs, caps: Capabilities, encoding: int, value: int, *,
+            operand_bits: int = 64) -> tuple[Vmcs, VmSucceed | VmFailValid]:
+    """VMWRITE to the current VMCS.
+
+    Fails with error 12 for an unsupported component, and with error 13 for a read-only
+    (VM-exit information) field unless IA32_VMX_MISC[29] allows writing every field. The source
+    is truncated to the field; a full write with an operand narrower than the field clears the
+    field's upper bits; a high write replaces bits 63:32 only.
+    """
+    hit = _lookup(caps, encoding, operand_bits)
+    if hit is None:
+        return vmcs, VmFailValid(_ERR_UNSUPPORTED)
+    field, high = hit
+    if field.is_read_only:
+        any_field = caps.msr_field("IA32_VMX_MISC", "vmwrite_any_field")
+        if any_field is None:
+            raise NotEvaluable(str(field), "read-only", "IA32_VMX_MISC is unknown, so whether "
+                               "VMWRITE may write VM-exit information fields (bit 29) is too")
+        if not any_field:
+            return vmcs, VmFailValid(_ERR_READ_ONLY)
+    source = value & mask(operand_bits)
+    if high:
+        low = vmcs.get(field) & mask(_HIGH_SHIFT)
+        new = (source & mask(_HIGH_SHIFT)) << _HIGH_SHIFT | low
+    else:
+        new = source & mask(field.bits)
+    return vmcs._replace(field, new), VmSucceed()
