@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import attrs
 
-from vtx.spec import VmInstructionError
+from vtx.spec import ExitReason, VmInstructionError
 
 
 @attrs.frozen
@@ -47,3 +47,34 @@ class Fault:
 
 
 Outcome = VmSucceed | VmFailInvalid | VmFailValid | Fault
+
+
+@attrs.frozen
+class VmExit:
+    """The instruction, executed in VMX non-root operation, causes a VM exit with this basic reason.
+
+    What the exit saves and loads is :mod:`vtx.vmx.exits`; here it is only the reason.
+    """
+
+    reason: ExitReason
+
+    def __str__(self) -> str:
+        return f"VM exit ({self.reason.number}: {self.reason.title})"
+
+
+@attrs.frozen
+class VmEntered:
+    """VMLAUNCH / VMRESUME succeeded: the logical processor is in VMX non-root operation."""
+
+
+@attrs.frozen
+class VmEntryFailed:
+    """VM entry failed after guest state began loading (SDM Vol. 3C §28.8 "VM-Entry Failures
+    During or After Loading Guest State"): a VM exit with ``reason`` (33, 34 or 41) and bit 31 of
+    the exit-reason field set, and ``qualification``."""
+
+    reason: ExitReason
+    qualification: int
+
+
+InstructionOutcome = Outcome | VmExit | VmEntered | VmEntryFailed

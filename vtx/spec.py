@@ -675,3 +675,123 @@ def _check_conditions() -> None:
 
 
 _check_conditions()
+
+
+# --------------------------------------------------------------------------- x86 registers
+
+
+@attrs.frozen
+class RegisterBit:
+    """A named bit (or bit range) of an architectural register or MSR."""
+
+    name: str
+    bits: BitRange
+    title: str
+
+    @property
+    def mask(self) -> int:
+        return self.bits.mask
+
+
+@attrs.frozen
+class Register:
+    name: str
+    bits: Catalogue[str, RegisterBit]
+    citation: Citation
+
+
+def _load_registers() -> Catalogue[str, Register]:
+    t = _Table("x86/registers.toml")
+    records = []
+    for r in t.rows("register"):
+        where = t.where("register", r)
+        bits = [RegisterBit(b["name"], _bits(b.get("bits", b.get("bit")), f"{where}.{b['name']}"), b["title"])
+                for b in r["bits"]]
+        records.append(Register(r["name"], Catalogue(bits, lambda b: b.name, where), t.cite("register", r)))
+    return Catalogue(records, lambda r: r.name, "register")
+
+
+REGISTERS = _load_registers()
+"""Architectural registers and MSRs (CR0, CR4, IA32_EFER, RFLAGS, ...) with their named bits."""
+
+
+def reg_bit(register: str, name: str) -> RegisterBit:
+    """The named bit of a register (``reg_bit("CR4", "VMXE")``); SpecError if none."""
+    reg = REGISTERS.get(register)
+    b = reg.bits.get(name) if reg else None
+    if b is None:
+        raise SpecError("x86/registers.toml", f"{register}.{name}", "no such register bit")
+    return b
+
+
+# --------------------------------------------------------------------------- VMX instructions
+
+
+@attrs.frozen
+class VmxInstruction:
+    """A VMX instruction: the exit it causes in VMX non-root operation and its pseudocode entry."""
+
+    name: str
+    exit_reason: ExitReason
+    citation: Citation
+
+
+@attrs.frozen
+class PointerRules:
+    """The invalid pointer value (FFFFFFFF_FFFFFFFFH) and the alignment of VMCS-related regions."""
+
+    invalid: int
+    alignment: int
+    citation: Citation
+
+
+def _load_instructions() -> tuple[Catalogue[str, VmxInstruction], PointerRules]:
+    t = _Table("vmx/instructions.toml")
+    records = [VmxInstruction(r["name"], get_exit_reason(r["exit_reason"]), t.cite("instruction", r))
+               for r in t.rows("instruction")]
+    p = t.data["pointers"]
+    return Catalogue(records, lambda i: i.name, "instruction"), PointerRules(p["invalid"], p["alignment"],
+                                                                              t.citations[p["cite"]])
+
+
+VMX_INSTRUCTIONS, POINTERS = _load_instructions()
+"""The VMX instructions by name, and the pointer conventions they share."""
+
+
+# --------------------------------------------------------------------------- VMX state machine
+
+
+@attrs.frozen
+class Transition:
+    """From mode ``source``, executing one of ``instructions`` can lead to ``target`` with one of
+    ``outcomes``."""
+
+    source: str
+    instructions: tuple[str, ...]
+    target: str
+    outcomes: tuple[str, ...]
+    guard: str
+    citation: Citation
+
+
+OUTCOME_KINDS = ("succeed", "fail_invalid", "fail_valid", "ud", "gp", "vm_exit", "vm_entered", "entry_failed")
+
+
+def _load_state_machine() -> tuple[tuple[str, ...], tuple[Transition, ...]]:
+    t = _Table("vmx/state_machine.toml")
+    states = tuple(s["name"] for s in t.rows("state"))
+    transitions = []
+    for r in t.rows("transition"):
+        where = f"{t.relpath} [[transition]] {r['from']}->{r['to']}"
+        bad = [i for i in r["instructions"] if i not in VMX_INSTRUCTIONS] + [
+            o for o in r["outcomes"] if o not in OUTCOME_KINDS] + [
+            s for s in (r["from"], r["to"]) if s not in states]
+        if bad:
+            raise SpecError(where, bad, "unknown instruction, outcome kind or state")
+        transitions.append(Transition(r["from"], tuple(r["instructions"]), r["to"], tuple(r["outcomes"]),
+                                      r["guard"], t.cite("transition", r)))
+    return states, tuple(transitions)
+
+
+VMX_STATES, VMX_TRANSITIONS = _load_state_machine()
+"""The modes of VMX operation and the transitions between them (``spec/vmx/state_machine.toml``)."""

@@ -81,7 +81,21 @@ def _presets() -> tuple[Row, list[Row]]:
     return ["Preset", "Description", "Source of the values"], rows
 
 
+def _state_machine() -> tuple[Row, list[Row]]:
+    return (["From", "Instructions", "To", "Outcomes", "When", "Source"],
+            [[t.source, ", ".join(t.instructions), t.target, ", ".join(t.outcomes), t.guard, str(t.citation)]
+             for t in spec.VMX_TRANSITIONS])
+
+
+def _instructions() -> tuple[Row, list[Row]]:
+    return (["Instruction", "Exit reason in non-root operation", "Errors it can produce", "Pseudocode"],
+            [[i.name.upper(), f"{i.exit_reason.number} {i.exit_reason.title}",
+              ", ".join(str(e.number) for e in spec.VM_INSTRUCTION_ERRORS if i.name in e.instructions),
+              str(i.citation)] for i in spec.VMX_INSTRUCTIONS])
+
+
 TABLES: dict[str, Callable[[], tuple[Row, list[Row]]]] = {
+    "state-machine": _state_machine, "instructions": _instructions,
     "fields": _fields, "exit-reasons": _exit_reasons, "errors": _errors, "controls": _controls,
     "msrs": _msrs, "cpuid-facts": _cpuid, "presets": _presets,
 }
