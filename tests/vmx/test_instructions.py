@@ -37,6 +37,7 @@ from vtx.outcomes import Fault, VmEntered, VmExit, VmFailInvalid, VmFailValid, V
 from vtx.spec import VMCS_FIELDS
 from vtx.vmx import instructions as ins
 from vtx.vmx.capabilities import Capabilities
+from vtx.vmx.entry import evaluate_vm_entry
 from vtx.vmx.operation import INVALID_POINTER, LogicalProcessor, MsegHeader, SparseMemory, VmxMode, VmxonRegion
 from vtx.vmx.vmcs import LaunchState, Vmcs
 
@@ -64,6 +65,10 @@ ERROR_CASES: list[tuple[int, Callable[[], Step], Callable[[], Step]]] = [
     (5, lambda: ins.vmresume(launch_ready(), SKYLAKE),
         lambda: ins.vmresume(launched(), SKYLAKE)),
     (7, lambda: ins.vmlaunch(mutate_current(launch_ready(), PIN_BASED_VM_EXEC_CONTROL=0), SKYLAKE),
+        lambda: ins.vmlaunch(launch_ready(), SKYLAKE)),
+    (8, lambda: ins.vmlaunch(mutate_current(launch_ready(), HOST_CR0=0x31), SKYLAKE),   # CR0.PG cleared
+        lambda: ins.vmlaunch(launch_ready(), SKYLAKE)),
+    (8, lambda: ins.vmlaunch(mutate_current(launch_ready(), HOST_CR4=0x20), SKYLAKE),   # CR4.VMXE cleared
         lambda: ins.vmlaunch(launch_ready(), SKYLAKE)),
     (9, lambda: ins.vmptrld(with_current(), SKYLAKE, VMCS_B | 0x800),
         lambda: ins.vmptrld(with_current(), SKYLAKE, VMCS_B)),
@@ -122,15 +127,22 @@ def test_error_number_is_produced_and_avoided(error: int, produce: Callable[[], 
 def test_errors_cover_every_error_these_instructions_can_produce() -> None:
     produced = {e for e, _, _ in ERROR_CASES}
     vmx_instructions = set(spec.VMX_INSTRUCTIONS.keys())
-    # 6: no processor produces it through this pseudocode; 8: host-state checks (VM-entry issue);
+    # 6: no processor produces it through this pseudocode;
     # 16, 17, 18, 25: VM entries that return from SMM to an executive VMCS (dual-monitor SMM).
-    not_here = {6, 8, 16, 17, 18, 25}
+    not_here = {6, 16, 17, 18, 25}
     expected = {e.number for e in spec.VM_INSTRUCTION_ERRORS
                 if set(e.instructions) & vmx_instructions} - not_here
     assert produced == expected
 
 
 # ----------------------------------------------------------------------------- VMfailInvalid
+
+
+def test_controls_are_checked_before_host_state_and_both_reported() -> None:
+    vmcs = mutate_current(launch_ready(), HOST_CR0=0x31, PIN_BASED_VM_EXEC_CONTROL=0).get_current_vmcs()
+    verdict = evaluate_vm_entry(vmcs, SKYLAKE)
+    assert isinstance(verdict.outcome, VmFailValid) and verdict.outcome.error.number == 7
+    assert {v.check_id for v in verdict.violations} == {"controls.pin.reserved_bits", "host.cr0.fixed_bits"}
 
 
 def test_vmfail_without_current_vmcs_is_vmfail_invalid() -> None:

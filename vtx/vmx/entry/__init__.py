@@ -142,7 +142,7 @@ def _register_reserved_bit_check(cf: ControlField) -> None:
 for _cf in spec.CONTROL_FIELDS:
     _register_reserved_bit_check(_cf)
 
-from vtx.vmx.entry import guest_state  # noqa: E402  (registers its checks)
+from vtx.vmx.entry import guest_state, host_state  # noqa: E402  (they register their checks)
 
 __all__ = ["GROUP_ORDER", "REGISTRY", "EntryContext", "EntryVerdict", "Violation", "entry_check",
-           "evaluate_vm_entry", "guest_state"]
+           "evaluate_vm_entry", "guest_state", "host_state"]
