@@ -94,7 +94,18 @@ def _instructions() -> tuple[Row, list[Row]]:
               str(i.citation)] for i in spec.VMX_INSTRUCTIONS])
 
 
+def _entry_checks() -> tuple[Row, list[Row]]:
+    from vtx.vmx.entry import REGISTRY
+    from vtx.vmx.entry.catalogue import ENTRY_CHECKS
+
+    return (["Id", "Group", "Failure", "Rule", "Reads", "Source", "Implemented"],
+            [[c.id, c.group, c.failure + (f" (qualification {c.qualification})" if c.failure == "exit_33" else ""),
+              c.statement, ", ".join(c.fields + c.capabilities + c.processor + c.memory), str(c.citation),
+              "yes" if c.id in REGISTRY else "no"] for c in ENTRY_CHECKS])
+
+
 TABLES: dict[str, Callable[[], tuple[Row, list[Row]]]] = {
+    "entry-checks": _entry_checks,
     "state-machine": _state_machine, "instructions": _instructions,
     "fields": _fields, "exit-reasons": _exit_reasons, "errors": _errors, "controls": _controls,
     "msrs": _msrs, "cpuid-facts": _cpuid, "presets": _presets,

@@ -142,7 +142,8 @@ def test_controls_are_checked_before_host_state_and_both_reported() -> None:
     vmcs = mutate_current(launch_ready(), HOST_CR0=0x31, PIN_BASED_VM_EXEC_CONTROL=0).get_current_vmcs()
     verdict = evaluate_vm_entry(vmcs, SKYLAKE)
     assert isinstance(verdict.outcome, VmFailValid) and verdict.outcome.error.number == 7
-    assert {v.check_id for v in verdict.violations} == {"controls.pin.reserved_bits", "host.cr0.fixed_bits"}
+    assert {v.check_id for v in verdict.violations} == {"controls.pin_based.reserved_bits", "host.cr0.fixed_bits"}
+    assert [o.error.number for o in verdict.possible_outcomes if isinstance(o, VmFailValid)] == [7, 8]
 
 
 def test_vmfail_without_current_vmcs_is_vmfail_invalid() -> None:

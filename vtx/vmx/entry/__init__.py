@@ -1,11 +1,18 @@
 """VM entry: the checks VMLAUNCH and VMRESUME make after their basic checks, as one interface.
 
 SDM Vol. 3C chapter 28 "VM Entries": checks on the VMX controls and host-state area fail with
-VMfailValid(7) or (8) (§28.2; they "may be performed in any order"); checks on guest state and
-PDPTEs fail as a VM exit with reason 33 (§28.3); loading MSRs fails with reason 34 (§28.4).
-Each check is a function registered with :func:`entry_check` under a stable id; the registry is
-evaluated in vtx's documented order — controls, host state, guest state, MSR loading — and every
-violation is reported, not just the first.
+VMfailValid(7) or (8) — they "may be performed in any order", so either error is possible when
+both groups have violations; checks on guest state and PDPTEs fail as a VM exit with reason 33
+and a qualification (§28.3; 2 for a PDPTE, 3 for NMI injection, 4 for the VMCS link pointer);
+loading MSRs fails with reason 34 and the 1-based index of the failing entry (§28.4).
+
+Each check is a function registered with :func:`entry_check` under the id of its row in
+``spec/vmx/entry_checks.toml`` (:data:`~vtx.vmx.entry.catalogue.ENTRY_CHECKS`), which supplies
+its group, failure, citation and the fields it reads. :func:`evaluate_vm_entry` runs every
+registered check and reports every violation; the outcome is that of the first failing class in
+vtx's documented order — controls (7), host state (8), guest state (33), MSR loading (34) — and
+the other outcomes a processor may produce are listed too. The basic checks (#UD, #GP,
+VMfailInvalid, VMfailValid 4, 5 and 26) are the instruction's own (:mod:`vtx.vmx.instructions`).
 """
 
 from __future__ import annotations
@@ -15,14 +22,16 @@ from collections.abc import Callable, Iterator
 import attrs
 
 from vtx import spec
-from vtx.errors import NotEvaluable
+from vtx.errors import NotEvaluable, SpecError
 from vtx.outcomes import VmEntryFailed, VmFailValid
-from vtx.spec import ControlField
 from vtx.vmx.capabilities import Capabilities
+from vtx.vmx.entry.catalogue import ENTRY_CHECKS, EntryCheckSpec
 from vtx.vmx.vmcs import Vmcs
 
-GROUP_ORDER = ("controls", "host_state", "guest_state", "msr_load")
-"""vtx's order of the check groups; the first group with a violation decides the outcome."""
+FAILURE_ORDER = ("vmfail_valid_7", "vmfail_valid_8", "exit_33", "exit_34")
+"""The failures the registered checks produce, in vtx's order: the first one with a violation
+decides the outcome. 7 and 8 may come in either order on real processors."""
+ANY_ORDER = frozenset({"vmfail_valid_7", "vmfail_valid_8"})
 
 
 @attrs.frozen
@@ -36,21 +45,30 @@ class EntryContext:
 
 @attrs.frozen
 class Violation:
-    """One violated check: its id, group, citation, the fields it read and a readable message."""
+    """One violated check: its catalogue row and a message a person understands."""
 
-    check_id: str
-    group: str
-    citation: str
-    fields: tuple[str, ...]
+    check: EntryCheckSpec
     message: str
+
+    @property
+    def check_id(self) -> str:
+        return self.check.id
+
+    @property
+    def group(self) -> str:
+        return self.check.group
+
+
+EntryOutcome = VmFailValid | VmEntryFailed
 
 
 @attrs.frozen
 class EntryVerdict:
-    """Every violation, and the architectural outcome of the first group that has one."""
+    """Every violation, the outcome of the first failing class, and every other possible outcome."""
 
     violations: tuple[Violation, ...]
-    outcome: VmFailValid | VmEntryFailed | None
+    outcome: EntryOutcome | None
+    possible_outcomes: tuple[EntryOutcome, ...] = ()
     not_evaluable: tuple[str, ...] = ()
 
     @property
@@ -59,68 +77,83 @@ class EntryVerdict:
         return self.outcome is None and not self.not_evaluable
 
 
-CheckFn = Callable[[Vmcs, Capabilities, EntryContext], Iterator[str]]
+CheckFn = Callable[[Vmcs, Capabilities, "EntryContext"], Iterator[str]]
 """A check yields one message per violation (none when it passes); it raises
 :class:`~vtx.errors.NotEvaluable` when the capability profile cannot decide it."""
 
 
 @attrs.frozen
 class RegisteredCheck:
-    check_id: str
-    group: str
-    citation: str
-    fields: tuple[str, ...]
+    spec: EntryCheckSpec
     fn: CheckFn
 
 
 REGISTRY: dict[str, RegisteredCheck] = {}
 
 
-def entry_check(check_id: str, *, group: str, citation: str, fields: tuple[str, ...]) -> Callable[[CheckFn], CheckFn]:
-    """Register a VM-entry check under ``check_id``."""
-    if group not in GROUP_ORDER:
-        raise ValueError(f"unknown check group {group!r}")
+def entry_check(check_id: str) -> Callable[[CheckFn], CheckFn]:
+    """Register the implementation of catalogue row ``check_id``."""
+    row = ENTRY_CHECKS.get(check_id)
+    if row is None:
+        raise SpecError("entry_check", check_id, "no such row in spec/vmx/entry_checks.toml")
+    if row.failure not in FAILURE_ORDER:
+        raise SpecError("entry_check", check_id, f"failure {row.failure} is the instruction's, not a check's")
 
     def register(fn: CheckFn) -> CheckFn:
         if check_id in REGISTRY:
-            raise ValueError(f"duplicate VM-entry check id {check_id!r}")
-        REGISTRY[check_id] = RegisteredCheck(check_id, group, citation, fields, fn)
+            raise SpecError("entry_check", check_id, "registered twice")
+        REGISTRY[check_id] = RegisteredCheck(row, fn)
         return fn
 
     return register
 
 
-_OUTCOME_OF_GROUP: dict[str, VmFailValid | VmEntryFailed] = {
-    "controls": VmFailValid(spec.get_error("ENTRY_INVALID_CONTROL_FIELD")),
-    "host_state": VmFailValid(spec.get_error("ENTRY_INVALID_HOST_STATE_FIELD")),
-    "guest_state": VmEntryFailed(spec.get_exit_reason("INVALID_STATE"), 0),
-    "msr_load": VmEntryFailed(spec.get_exit_reason("MSR_LOAD_FAIL"), 0),
-}
+def _outcome(row: EntryCheckSpec) -> EntryOutcome:
+    if row.failure == "vmfail_valid_7":
+        return VmFailValid(spec.get_error("ENTRY_INVALID_CONTROL_FIELD"))
+    if row.failure == "vmfail_valid_8":
+        return VmFailValid(spec.get_error("ENTRY_INVALID_HOST_STATE_FIELD"))
+    if row.failure == "exit_33":
+        return VmEntryFailed(spec.get_exit_reason("INVALID_STATE"), int(row.qualification or 0))
+    return VmEntryFailed(spec.get_exit_reason("MSR_LOAD_FAIL"), 0)
 
 
 def evaluate_vm_entry(vmcs: Vmcs, caps: Capabilities, context: EntryContext | None = None) -> EntryVerdict:
-    """Run every registered check; report all violations and the outcome of the first failing group."""
+    """Run every registered check; report all violations and the outcomes they can produce."""
     ctx = context or EntryContext()
-    violations, unknown = [], []
+    violations: list[Violation] = []
+    unknown: list[str] = []
     for check in REGISTRY.values():
         try:
-            violations += [Violation(check.check_id, check.group, check.citation, check.fields, message)
-                           for message in check.fn(vmcs, caps, ctx)]
+            violations += [Violation(check.spec, message) for message in check.fn(vmcs, caps, ctx)]
         except NotEvaluable as e:
-            unknown.append(f"{check.check_id}: {e}")
-    failing = [g for g in GROUP_ORDER if any(v.group == g for v in violations)]
-    return EntryVerdict(tuple(violations), _OUTCOME_OF_GROUP[failing[0]] if failing else None, tuple(unknown))
+            unknown.append(f"{check.spec.id}: {e}")
+    failing = [f for f in FAILURE_ORDER if any(v.check.failure == f for v in violations)]
+    if not failing:
+        return EntryVerdict(tuple(violations), None, (), tuple(unknown))
+    first = failing[0]
+    if first in ANY_ORDER:
+        possible = [_outcome(next(v.check for v in violations if v.check.failure == f))
+                    for f in failing if f in ANY_ORDER]
+    else:
+        possible = list(dict.fromkeys(_outcome(v.check) for v in violations if v.check.failure == first))
+    outcome = next(_outcome(v.check) for v in violations if v.check.failure == first)
+    return EntryVerdict(tuple(violations), outcome, tuple(possible), tuple(unknown))
 
 
 # ----------------------------------------------------------------------------- control fields
 
+_RESERVED_BITS_ID = {"pin": "controls.pin_based.reserved_bits", "proc": "controls.primary_proc_based.reserved_bits",
+                     "proc2": "controls.secondary_proc_based.reserved_bits",
+                     "proc3": "controls.tertiary_proc_based.reserved_bits", "exit": "controls.exit.reserved_bits",
+                     "exit2": "controls.exit.secondary_reserved_bits", "entry": "controls.entry.reserved_bits"}
 
-def _register_reserved_bit_check(cf: ControlField) -> None:
+
+def _register_reserved_bit_check(cf: spec.ControlField) -> None:
     """Reserved bits of a control field are set as its capability MSR requires (Appendix A)."""
 
     def check(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
-        active = caps.evaluate(cf.enabled_by)
-        if active is False:
+        if caps.evaluate(cf.enabled_by) is False:
             return
         value = vmcs.get(cf.vmcs_field)
         a0, a1 = caps.allowed0(cf.key), caps.allowed1(cf.key)
@@ -133,10 +166,7 @@ def _register_reserved_bit_check(cf: ControlField) -> None:
             yield (f"{cf.vmcs_field.name} = {value:#x} sets bits {value & ~a1:#x} that "
                    f"{caps.control_msr(cf.key)} does not allow")
 
-    enabled = tuple(t.field for t in cf.enabled_by.terms if hasattr(t, "field"))
-    fields = (cf.vmcs_field.name, *(spec.CONTROL_FIELDS[k].vmcs_field.name for k in enabled))
-    entry_check(f"controls.{cf.key}.reserved_bits", group="controls", citation=str(cf.citation),
-                fields=fields)(check)
+    entry_check(_RESERVED_BITS_ID[cf.key])(check)
 
 
 for _cf in spec.CONTROL_FIELDS:
@@ -144,5 +174,5 @@ for _cf in spec.CONTROL_FIELDS:
 
 from vtx.vmx.entry import guest_state, host_state  # noqa: E402  (they register their checks)
 
-__all__ = ["GROUP_ORDER", "REGISTRY", "EntryContext", "EntryVerdict", "Violation", "entry_check",
+__all__ = ["FAILURE_ORDER", "REGISTRY", "EntryContext", "EntryVerdict", "Violation", "entry_check",
            "evaluate_vm_entry", "guest_state", "host_state"]

@@ -19,9 +19,7 @@ _RFLAGS_RESERVED = mask(64) & ~_RFLAGS_DEFINED
 _RFLAGS_FIXED1 = reg_bit("RFLAGS", "FIXED1").mask
 
 
-@entry_check("guest.rflags.reserved_bits", group="guest_state",
-             citation='SDM Vol. 3C §28.3.1.4 "Checks on Guest RIP, RFLAGS, and SSP"',
-             fields=("GUEST_RFLAGS",))
+@entry_check("guest.rflags.reserved_bits")
 def check_guest_rflags_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Reserved bits 63:22, 15, 5 and 3 of the RFLAGS field are 0 and reserved bit 1 is 1."""
     rflags = vmcs.get(VMCS_FIELDS["GUEST_RFLAGS"])

@@ -12,8 +12,6 @@ from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import EntryContext, entry_check
 from vtx.vmx.vmcs import Vmcs
 
-_CITATION = 'SDM Vol. 3C §28.2.2 "Checks on Host Control Registers, MSRs, and SSP"'
-
 
 def _fixed_bit_problems(register: str, value: int, caps: Capabilities) -> Iterator[str]:
     fixed0, fixed1 = caps.msr(f"IA32_VMX_{register}_FIXED0"), caps.msr(f"IA32_VMX_{register}_FIXED1")
@@ -26,13 +24,13 @@ def _fixed_bit_problems(register: str, value: int, caps: Capabilities) -> Iterat
         yield f"HOST_{register} = {value:#x} sets bits {must_be_0:#x} that IA32_VMX_{register}_FIXED1 fixes to 0"
 
 
-@entry_check("host.cr0.fixed_bits", group="host_state", citation=_CITATION, fields=("HOST_CR0",))
+@entry_check("host.cr0.fixed_bits")
 def check_host_cr0_fixed_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The host CR0 field sets no bit to a value not supported in VMX operation (IA32_VMX_CR0_FIXED0/1)."""
     yield from _fixed_bit_problems("CR0", vmcs.get(VMCS_FIELDS["HOST_CR0"]), caps)
 
 
-@entry_check("host.cr4.fixed_bits", group="host_state", citation=_CITATION, fields=("HOST_CR4",))
+@entry_check("host.cr4.fixed_bits")
 def check_host_cr4_fixed_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The host CR4 field sets no bit to a value not supported in VMX operation (IA32_VMX_CR4_FIXED0/1)."""
     yield from _fixed_bit_problems("CR4", vmcs.get(VMCS_FIELDS["HOST_CR4"]), caps)
