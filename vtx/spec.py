@@ -701,18 +701,20 @@ class Register:
 
 
 def _load_registers() -> Catalogue[str, Register]:
-    t = _Table("x86/registers.toml")
     records = []
-    for r in t.rows("register"):
-        where = t.where("register", r)
-        bits = [RegisterBit(b["name"], _bits(b.get("bits", b.get("bit")), f"{where}.{b['name']}"), b["title"])
-                for b in r["bits"]]
-        records.append(Register(r["name"], Catalogue(bits, lambda b: b.name, where), t.cite("register", r)))
+    for path in sorted((SPEC_DIR / "x86").glob("*.toml")):
+        t = _Table(f"x86/{path.name}")
+        for r in t.rows("register"):
+            where = t.where("register", r)
+            bits = [RegisterBit(b["name"], _bits(b.get("bits", b.get("bit")), f"{where}.{b['name']}"), b["title"])
+                    for b in r["bits"]]
+            records.append(Register(r["name"], Catalogue(bits, lambda b: b.name, where), t.cite("register", r)))
     return Catalogue(records, lambda r: r.name, "register")
 
 
 REGISTERS = _load_registers()
-"""Architectural registers and MSRs (CR0, CR4, IA32_EFER, RFLAGS, ...) with their named bits."""
+"""Architectural registers and MSRs (CR0, CR4, IA32_EFER, RFLAGS, ...) with their named bits,
+from every table in ``spec/x86/``."""
 
 
 def reg_bit(register: str, name: str) -> RegisterBit:

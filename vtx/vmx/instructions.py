@@ -292,9 +292,7 @@ def _vm_entry(state: LogicalProcessor, caps: Capabilities, instruction: str) -> 
     if instruction == "vmresume" and vmcs.launch_state is not LaunchState.LAUNCHED:
         return vmfail(state, get_error("VMRESUME_NONLAUNCHED_VMCS"))
     # Check settings of VMX controls and host-state area; load guest state; load MSRs (chapter 28)
-    verdict = evaluate_vm_entry(vmcs, caps, EntryContext(instruction=instruction,
-                                                           vmm_ia32e_mode=state.is_ia32e_mode,
-                                                           in_smm=state.in_smm))
+    verdict = evaluate_vm_entry(vmcs, caps, EntryContext.from_processor(state, instruction))
     if isinstance(verdict.outcome, VmFailValid):
         return vmfail(state, verdict.outcome.error)
     if isinstance(verdict.outcome, VmEntryFailed):

@@ -178,14 +178,19 @@ class LogicalProcessor:
 
 def read_region_header(state: LogicalProcessor, address: int) -> int:
     """The 32 bits at ``address``: a region's revision identifier and bit 31."""
-    region = state.regions.get(address)
+    return region_header(state.regions, state.memory, address)
+
+
+def region_header(regions: Mapping[int, Region], memory: MemoryReader, address: int) -> int:
+    """The 32 bits at ``address`` given the regions and the byte memory."""
+    region = regions.get(address)
     if isinstance(region, Vmcs):
         return REGION.shadow_indicator.put(region.revision_id, int(region.shadow))
     if isinstance(region, VmxonRegion):
         return region.header
     if isinstance(region, MsegHeader):
         return region.revision_id
-    return state.memory.read_int(address, 4)
+    return memory.read_int(address, 4)
 
 
 def physical_address_width(caps: Capabilities) -> int:

@@ -45,6 +45,10 @@ _ERR_UNSUPPORTED = get_error("UNSUPPORTED_VMCS_COMPONENT")
 _ERR_READ_ONLY = get_error("VMWRITE_READ_ONLY_VMCS_COMPONENT")
 
 
+FieldValues = Mapping[str, object] | Mapping[int, object] | Mapping[str | int, object]
+"""Field values by Linux name, encoding, or encoding string."""
+
+
 class LaunchState(enum.Enum):
     """The launch state of a VMCS (SDM Vol. 3C §26.1 "Overview"): VMCLEAR makes it clear,
     a successful VMLAUNCH makes it launched."""
@@ -76,7 +80,7 @@ class Vmcs:
     values: tuple[tuple[int, ...], ...] = attrs.field(default=_ZEROS, repr=False)
 
     @classmethod
-    def from_fields(cls, fields: Mapping[str | int, object], **header: object) -> Vmcs:
+    def from_fields(cls, fields: FieldValues, **header: object) -> Vmcs:
         """A VMCS holding ``fields`` (by Linux name, encoding, or ``"0x6800"``; values as ints or
         hex strings). A value wider than its field is bad input, not truncated."""
         return cls(**header).with_fields(fields)  # type: ignore[arg-type]
@@ -104,7 +108,7 @@ class Vmcs:
         object.__setattr__(new, "values", (*values[:g], (*group[:i], value, *group[i + 1:]), *values[g + 1:]))
         return new
 
-    def with_fields(self, fields: Mapping[str | int, object]) -> Vmcs:
+    def with_fields(self, fields: FieldValues) -> Vmcs:
         """A copy with several fields set (same input rules as :meth:`from_fields`)."""
         vmcs = self
         for ref, raw in fields.items():

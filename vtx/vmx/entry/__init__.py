@@ -17,7 +17,7 @@ VMfailInvalid, VMfailValid 4, 5 and 26) are the instruction's own (:mod:`vtx.vmx
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import attrs
 
@@ -26,6 +26,7 @@ from vtx.errors import NotEvaluable, SpecError
 from vtx.outcomes import VmEntryFailed, VmFailValid
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry.catalogue import ENTRY_CHECKS, EntryCheckSpec
+from vtx.vmx.operation import LogicalProcessor, MemoryReader, Region, SparseMemory, region_header
 from vtx.vmx.vmcs import Vmcs
 
 FAILURE_ORDER = ("vmfail_valid_7", "vmfail_valid_8", "exit_33", "exit_34")
@@ -36,19 +37,53 @@ ANY_ORDER = frozenset({"vmfail_valid_7", "vmfail_valid_8"})
 
 @attrs.frozen
 class EntryContext:
-    """What a check may read besides the VMCS and the capabilities."""
+    """What a check may read besides the VMCS and the capabilities: the processor state that is
+    not in the VMCS, and physical memory (the MSR-load area, the region the VMCS link pointer
+    references, PDPTEs, the virtual-APIC page)."""
 
     instruction: str = "vmlaunch"
     vmm_ia32e_mode: bool = True
     in_smm: bool = False
+    in_smx: bool = False
+    vmxon_pointer: int | None = None
+    current_vmcs: int | None = None
+    regions: Mapping[int, Region] = attrs.field(factory=dict)
+    memory: MemoryReader = attrs.field(factory=SparseMemory)
+
+    @classmethod
+    def from_processor(cls, state: LogicalProcessor, instruction: str) -> EntryContext:
+        """The context of ``instruction`` executed by ``state``."""
+        return cls(instruction=instruction, vmm_ia32e_mode=state.is_ia32e_mode, in_smm=state.in_smm,
+                   in_smx=state.in_smx, vmxon_pointer=state.vmxon_pointer,
+                   current_vmcs=state.current_vmcs if state.has_current_vmcs else None,
+                   regions=state.regions, memory=state.memory)
+
+    def read_int(self, address: int, size: int) -> int:
+        """``size`` bytes of physical memory at ``address``, little-endian."""
+        return self.memory.read_int(address, size)
+
+    def region_header(self, address: int) -> int:
+        """The first 32 bits of the region at ``address`` (revision identifier and bit 31)."""
+        return region_header(self.regions, self.memory, address)
+
+
+@attrs.frozen
+class Finding:
+    """A violation message with the exit qualification it reports, for checks whose qualification
+    depends on the input (MSR loading: the 1-based index of the failing MSR-load entry)."""
+
+    message: str
+    qualification: int
 
 
 @attrs.frozen
 class Violation:
-    """One violated check: its catalogue row and a message a person understands."""
+    """One violated check: its catalogue row, a message a person understands, and (for VM-entry
+    failures) the exit qualification."""
 
     check: EntryCheckSpec
     message: str
+    qualification: int | None = None
 
     @property
     def check_id(self) -> str:
@@ -77,9 +112,9 @@ class EntryVerdict:
         return self.outcome is None and not self.not_evaluable
 
 
-CheckFn = Callable[[Vmcs, Capabilities, "EntryContext"], Iterator[str]]
-"""A check yields one message per violation (none when it passes); it raises
-:class:`~vtx.errors.NotEvaluable` when the capability profile cannot decide it."""
+CheckFn = Callable[[Vmcs, Capabilities, "EntryContext"], Iterator["str | Finding"]]
+"""A check yields one message (or :class:`Finding`) per violation, none when it passes; it
+raises :class:`~vtx.errors.NotEvaluable` when the capability profile cannot decide it."""
 
 
 @attrs.frozen
@@ -108,14 +143,21 @@ def entry_check(check_id: str) -> Callable[[CheckFn], CheckFn]:
     return register
 
 
-def _outcome(row: EntryCheckSpec) -> EntryOutcome:
+def _violation(row: EntryCheckSpec, found: str | Finding) -> Violation:
+    if isinstance(found, Finding):
+        return Violation(row, found.message, found.qualification)
+    qualification = row.qualification if isinstance(row.qualification, int) else None
+    return Violation(row, found, qualification if row.failure.startswith("exit_") else None)
+
+
+def _outcome(v: Violation) -> EntryOutcome:
+    row = v.check
     if row.failure == "vmfail_valid_7":
         return VmFailValid(spec.get_error("ENTRY_INVALID_CONTROL_FIELD"))
     if row.failure == "vmfail_valid_8":
         return VmFailValid(spec.get_error("ENTRY_INVALID_HOST_STATE_FIELD"))
-    if row.failure == "exit_33":
-        return VmEntryFailed(spec.get_exit_reason("INVALID_STATE"), int(row.qualification or 0))
-    return VmEntryFailed(spec.get_exit_reason("MSR_LOAD_FAIL"), 0)
+    reason = "INVALID_STATE" if row.failure == "exit_33" else "MSR_LOAD_FAIL"
+    return VmEntryFailed(spec.get_exit_reason(reason), v.qualification or 0)
 
 
 def evaluate_vm_entry(vmcs: Vmcs, caps: Capabilities, context: EntryContext | None = None) -> EntryVerdict:
@@ -125,7 +167,7 @@ def evaluate_vm_entry(vmcs: Vmcs, caps: Capabilities, context: EntryContext | No
     unknown: list[str] = []
     for check in REGISTRY.values():
         try:
-            violations += [Violation(check.spec, message) for message in check.fn(vmcs, caps, ctx)]
+            violations += [_violation(check.spec, found) for found in check.fn(vmcs, caps, ctx)]
         except NotEvaluable as e:
             unknown.append(f"{check.spec.id}: {e}")
     failing = [f for f in FAILURE_ORDER if any(v.check.failure == f for v in violations)]
@@ -133,11 +175,10 @@ def evaluate_vm_entry(vmcs: Vmcs, caps: Capabilities, context: EntryContext | No
         return EntryVerdict(tuple(violations), None, (), tuple(unknown))
     first = failing[0]
     if first in ANY_ORDER:
-        possible = [_outcome(next(v.check for v in violations if v.check.failure == f))
-                    for f in failing if f in ANY_ORDER]
+        possible = [_outcome(next(v for v in violations if v.check.failure == f)) for f in failing if f in ANY_ORDER]
     else:
-        possible = list(dict.fromkeys(_outcome(v.check) for v in violations if v.check.failure == first))
-    outcome = next(_outcome(v.check) for v in violations if v.check.failure == first)
+        possible = list(dict.fromkeys(_outcome(v) for v in violations if v.check.failure == first))
+    outcome = next(_outcome(v) for v in violations if v.check.failure == first)
     return EntryVerdict(tuple(violations), outcome, tuple(possible), tuple(unknown))
 
 
@@ -172,7 +213,17 @@ def _register_reserved_bit_check(cf: spec.ControlField) -> None:
 for _cf in spec.CONTROL_FIELDS:
     _register_reserved_bit_check(_cf)
 
-from vtx.vmx.entry import guest_state, host_state  # noqa: E402  (they register their checks)
+# The check modules register their checks on import, in the SDM's order.
+from vtx.vmx.entry import (  # noqa: E402
+    exec_controls,
+    exit_entry_controls,
+    guest_non_register,
+    guest_segments,
+    guest_state,
+    host_state,
+    msr_load,
+)
 
-__all__ = ["FAILURE_ORDER", "REGISTRY", "EntryContext", "EntryVerdict", "Violation", "entry_check",
-           "evaluate_vm_entry", "guest_state", "host_state"]
+__all__ = ["FAILURE_ORDER", "REGISTRY", "EntryContext", "EntryVerdict", "Finding", "Violation", "entry_check",
+           "evaluate_vm_entry", "exec_controls", "exit_entry_controls", "guest_non_register", "guest_segments",
+           "guest_state", "host_state", "msr_load"]
