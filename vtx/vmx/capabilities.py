@@ -253,13 +253,15 @@ class Capabilities:
     def allowed0(self, field_key: str) -> int | None:
         """The bits of a control field that must be 1 (allowed-0 settings = 0 there)."""
         cf = CONTROL_FIELDS[field_key]
+        if cf.msr_format is not MsrFormat.PAIR:
+            return 0  # an allowed-1-only MSR: every control of the field may be 0
         active = self._active(field_key)
         if active is False:
             return 0
         value = self.msrs.get(self.control_msr(field_key))
         if value is None or active is None:
             return None
-        return value & _U32 if cf.msr_format is MsrFormat.PAIR else 0
+        return value & _U32
 
     def allowed1(self, field_key: str) -> int | None:
         """The bits of a control field that may be 1."""

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 import attrs
 
 from vtx import spec
+from vtx.conditions import ControlAllowed
 from vtx.errors import NotEvaluable, SpecError
 from vtx.outcomes import VmEntryFailed, VmFailValid
 from vtx.vmx.capabilities import Capabilities
@@ -191,10 +192,14 @@ _RESERVED_BITS_ID = {"pin": "controls.pin_based.reserved_bits", "proc": "control
 
 
 def _register_reserved_bit_check(cf: spec.ControlField) -> None:
-    """Reserved bits of a control field are set as its capability MSR requires (Appendix A)."""
+    """Reserved bits of a control field are set as its capability MSR requires (Appendix A). The
+    secondary, tertiary and secondary VM-exit controls are checked only when the VMCS activates
+    them (the "activate secondary controls" / "activate tertiary controls" bits)."""
+    gates = [(spec.CONTROL_FIELDS[t.field].vmcs_field, spec.get_control(t.field, t.control).mask)
+             for t in cf.enabled_by.terms if isinstance(t, ControlAllowed)]
 
     def check(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
-        if caps.evaluate(cf.enabled_by) is False:
+        if gates and not any(vmcs.get(field) & bit for field, bit in gates):
             return
         value = vmcs.get(cf.vmcs_field)
         a0, a1 = caps.allowed0(cf.key), caps.allowed1(cf.key)
