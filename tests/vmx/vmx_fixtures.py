@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import attrs
 
-from vtx import spec
 from vtx.outcomes import InstructionOutcome, VmEntered, VmExit
 from vtx.vmx import instructions as ins
 from vtx.vmx.capabilities import Capabilities, load_preset
 from vtx.vmx.instructions import vmptrld, vmxon
 from vtx.vmx.operation import LogicalProcessor, MsegHeader, SparseMemory, VmxonRegion
+from vtx.vmx.templates import build_template
 from vtx.vmx.vmcs import Vmcs
 
 SKYLAKE = load_preset("skylake_client")
@@ -47,18 +47,8 @@ def with_current(caps: Capabilities = SKYLAKE, address: int = VMCS_A, **changes:
 
 
 def entry_ready(caps: Capabilities) -> dict[str, int]:
-    """Control fields holding exactly their must-be-1 bits, and a 64-bit host (so that the
-    control checks pass), plus guest registers that protected mode with paging needs."""
-    fields: dict[str, int] = {}
-    for cf in spec.CONTROL_FIELDS:
-        a0 = caps.allowed0(cf.key)
-        if a0:
-            fields[cf.vmcs_field.name] = a0
-    fields["VM_EXIT_CONTROLS"] |= spec.get_control("exit", "host_address_space_size").mask
-    fields["VM_ENTRY_CONTROLS"] |= spec.get_control("entry", "ia32e_mode_guest").mask
-    fields.update(GUEST_CR0=0x80000031, GUEST_CR4=0x2020, GUEST_RFLAGS=2, GUEST_CS_AR_BYTES=0xA09B,
-                  GUEST_SS_AR_BYTES=0xC093, HOST_CR0=0x80000031, HOST_CR4=0x2020, VMCS_LINK_POINTER=(1 << 64) - 1)
-    return fields
+    """The fields of the long-mode template: a VMCS that passes every VM-entry check."""
+    return build_template("long-mode", caps).nonzero_fields()
 
 
 def launch_ready(caps: Capabilities = SKYLAKE) -> LogicalProcessor:
@@ -103,16 +93,13 @@ BITMAPS = 0x6000
 
 def shadowing_guest(bitmap_bits: dict[int, int] | None = None) -> LogicalProcessor:
     """A guest running with VMCS shadowing; the link pointer references a shadow VMCS."""
-    proc2 = spec.get_control("proc2", "vmcs_shadowing").mask
-    proc = spec.get_control("proc", "activate_secondary_controls").mask
-    state = launch_ready()
-    state = mutate_current(state, SECONDARY_VM_EXEC_CONTROL=proc2,
-                           CPU_BASED_VM_EXEC_CONTROL=state.get_current_vmcs()["CPU_BASED_VM_EXEC_CONTROL"] | proc,
-                           VMCS_LINK_POINTER=SHADOW, VMREAD_BITMAP=BITMAPS, VMWRITE_BITMAP=BITMAPS + 0x1000)
+    state = with_current(SKYLAKE)
+    vmcs = build_template("long-mode", SKYLAKE, features=["vmcs_shadowing"]).with_fields(
+        {"VMCS_LINK_POINTER": SHADOW, "VMREAD_BITMAP": BITMAPS, "VMWRITE_BITMAP": BITMAPS + 0x1000})
     memory = SparseMemory()
     for address, byte in (bitmap_bits or {}).items():
         memory = memory.write_int(address, 1, byte)
-    state = attrs.evolve(state, memory=memory).with_region(
+    state = attrs.evolve(state.with_region(VMCS_A, vmcs), memory=memory).with_region(
         SHADOW, Vmcs(revision_id=revision(SKYLAKE), shadow=True).with_fields({"GUEST_RIP": 0x1234}))
     guest, outcome = ins.vmlaunch(state, SKYLAKE)
     assert isinstance(outcome, VmEntered), outcome
@@ -120,12 +107,11 @@ def shadowing_guest(bitmap_bits: dict[int, int] | None = None) -> LogicalProcess
 
 
 def vmfunc_guest(eptp_entry: int) -> LogicalProcessor:
-    proc2 = spec.get_control("proc2", "enable_vm_functions").mask
-    proc = spec.get_control("proc", "activate_secondary_controls").mask
-    state = launch_ready()
-    state = mutate_current(state, SECONDARY_VM_EXEC_CONTROL=proc2, VM_FUNCTION_CONTROL=1, EPTP_LIST_ADDRESS=0x7000,
-                           CPU_BASED_VM_EXEC_CONTROL=state.get_current_vmcs()["CPU_BASED_VM_EXEC_CONTROL"] | proc)
-    state = attrs.evolve(state, memory=SparseMemory().write_int(0x7000 + 8 * 3, 8, eptp_entry))
+    """A guest with EPTP switching enabled and ``eptp_entry`` at index 3 of its EPTP list."""
+    vmcs = build_template("long-mode", SKYLAKE, features=["enable_ept", "enable_vm_functions"]).with_fields(
+        {"VM_FUNCTION_CONTROL": 1, "EPTP_LIST_ADDRESS": 0x7000})
+    state = attrs.evolve(with_current(SKYLAKE).with_region(VMCS_A, vmcs),
+                         memory=SparseMemory().write_int(0x7000 + 8 * 3, 8, eptp_entry))
     guest, outcome = ins.vmlaunch(state, SKYLAKE)
     assert isinstance(outcome, VmEntered), outcome
     return guest

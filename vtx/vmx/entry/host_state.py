@@ -1,16 +1,105 @@
-"""Checks on the host-state area (SDM Vol. 3C §28.2.2 "Checks on Host Control Registers, MSRs,
-and SSP"). A violation makes VM entry fail with VMfailValid(8)."""
+"""Checks on the host-state area: SDM Vol. 3C §28.2.2 "Checks on Host Control Registers, MSRs,
+and SSP", §28.2.3 "Checks on Host Segment and Descriptor-Table Registers" and §28.2.4 "Checks
+Related to Address-Space Size", plus the host-state rules of the FRED specification and of the
+ISE's IA32_SPEC_CTRL virtualization. A violation makes VM entry fail with VMfailValid(8).
+
+MSR formats come from ``spec/x86/``: IA32_EFER from ``registers.toml``; IA32_PAT and its memory
+types, IA32_PERF_GLOBAL_CTRL, IA32_S_CET, IA32_PKRS, IA32_FRED_CONFIG and IA32_SPEC_CTRL from
+``guest_state.toml`` (whose convention names every reserved bit range ``RESERVED_*``); the segment
+selector from ``guest_segments.toml``. "Canonical" is relative to the processor's linear-address
+width (``LINEAR_ADDRESS_WIDTH``), except for the host RIP, whose width is that of the paging mode
+the host uses after VM exit.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-from vtx.bits import mask
+from vtx.bits import BitRange, is_canonical, mask
 from vtx.errors import NotEvaluable
-from vtx.spec import VMCS_FIELDS
+from vtx.spec import REGISTERS, VMCS_FIELDS, VmcsField, _Table, get_control, reg_bit
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import EntryContext, entry_check
 from vtx.vmx.vmcs import Vmcs
+
+# ----------------------------------------------------------------------------- shared pieces
+
+_EXIT_CONTROLS = VMCS_FIELDS["VM_EXIT_CONTROLS"]
+_SECONDARY_EXIT_CONTROLS = VMCS_FIELDS["SECONDARY_VM_EXIT_CONTROLS"]
+_ENTRY_CONTROLS = VMCS_FIELDS["VM_ENTRY_CONTROLS"]
+_HOST_CR0 = VMCS_FIELDS["HOST_CR0"]
+_HOST_CR3 = VMCS_FIELDS["HOST_CR3"]
+_HOST_CR4 = VMCS_FIELDS["HOST_CR4"]
+_HOST_RIP = VMCS_FIELDS["HOST_RIP"]
+_HOST_S_CET = VMCS_FIELDS["HOST_S_CET"]
+_HOST_SSP = VMCS_FIELDS["HOST_SSP"]
+
+_HOST_ADDRESS_SPACE_SIZE = get_control("exit", "host_address_space_size").mask
+_ACTIVATE_SECONDARY_EXIT_CONTROLS = get_control("exit", "activate_secondary_controls").mask
+_LOAD_PERF_GLOBAL_CTRL = get_control("exit", "load_ia32_perf_global_ctrl").mask
+_LOAD_PAT = get_control("exit", "load_ia32_pat").mask
+_LOAD_EFER = get_control("exit", "load_ia32_efer").mask
+_LOAD_CET = get_control("exit", "load_cet_state").mask
+_LOAD_PKRS = get_control("exit", "load_pkrs").mask
+_LOAD_FRED = get_control("exit2", "load_fred").mask
+_LOAD_SPEC_CTRL = get_control("exit2", "load_host_ia32_spec_ctrl").mask
+_IA32E_MODE_GUEST = get_control("entry", "ia32e_mode_guest").mask
+
+_UPPER_32 = BitRange(32, 63)
+"""Bits 63:32, which the 32-bit-host rules of §28.2.4 require to be 0 in the host RIP, IA32_S_CET
+and SSP fields."""
+
+
+def _fields(*names: str) -> tuple[VmcsField, ...]:
+    return tuple(VMCS_FIELDS[n] for n in names)
+
+
+def _reserved_mask(register: str) -> int:
+    """The bits of an MSR that its ``spec/x86`` rows name ``RESERVED_*``."""
+    return sum(b.mask for b in REGISTERS[register].bits if b.name.startswith("RESERVED"))
+
+
+def _is_64bit_host(vmcs: Vmcs) -> bool:
+    """The 'host address-space size' VM-exit control."""
+    return bool(vmcs.get(_EXIT_CONTROLS) & _HOST_ADDRESS_SPACE_SIZE)
+
+
+def _loads(vmcs: Vmcs, control: int) -> bool:
+    """Whether the primary VM-exit control ``control`` (a mask) is 1."""
+    return bool(vmcs.get(_EXIT_CONTROLS) & control)
+
+
+def _loads_secondary(vmcs: Vmcs, control: int) -> bool:
+    """Whether the secondary VM-exit control ``control`` (a mask) is in effect: it is 1 and the
+    'activate secondary controls' VM-exit control is 1."""
+    exit_controls = vmcs.get(_EXIT_CONTROLS)
+    return bool(exit_controls & _ACTIVATE_SECONDARY_EXIT_CONTROLS and vmcs.get(_SECONDARY_EXIT_CONTROLS) & control)
+
+
+def _non_canonical(vmcs: Vmcs, caps: Capabilities, fields: Iterable[VmcsField]) -> Iterator[str]:
+    """A message for each of ``fields`` whose value is not canonical for the processor."""
+    width = caps.require_fact("LINEAR_ADDRESS_WIDTH")
+    for field in fields:
+        value = vmcs.get(field)
+        if not is_canonical(value, width):
+            yield f"{field.name} = {value:#x} is not canonical ({width}-bit linear addresses)"
+
+
+def _misaligned(vmcs: Vmcs, fields: Iterable[VmcsField], low_bits: BitRange) -> Iterator[str]:
+    """A message for each of ``fields`` that sets one of ``low_bits`` (an alignment rule)."""
+    for field in fields:
+        value = vmcs.get(field)
+        if value & low_bits.mask:
+            yield (f"{field.name} = {value:#x} sets bits {low_bits}: it must be "
+                   f"{1 << low_bits.width}-byte aligned")
+
+
+def _reserved_bits_set(field: VmcsField, value: int, reserved: int, register: str) -> Iterator[str]:
+    if value & reserved:
+        yield f"{field.name} = {value:#x} sets bits {value & reserved:#x} reserved in {register}"
+
+
+# ----------------------------------------------------------------------------- §28.2.2 CRs, MSRs, SSP
 
 
 def _fixed_bit_problems(register: str, value: int, caps: Capabilities) -> Iterator[str]:
@@ -27,10 +116,408 @@ def _fixed_bit_problems(register: str, value: int, caps: Capabilities) -> Iterat
 @entry_check("host.cr0.fixed_bits")
 def check_host_cr0_fixed_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The host CR0 field sets no bit to a value not supported in VMX operation (IA32_VMX_CR0_FIXED0/1)."""
-    yield from _fixed_bit_problems("CR0", vmcs.get(VMCS_FIELDS["HOST_CR0"]), caps)
+    yield from _fixed_bit_problems("CR0", vmcs.get(_HOST_CR0), caps)
 
 
 @entry_check("host.cr4.fixed_bits")
 def check_host_cr4_fixed_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The host CR4 field sets no bit to a value not supported in VMX operation (IA32_VMX_CR4_FIXED0/1)."""
-    yield from _fixed_bit_problems("CR4", vmcs.get(VMCS_FIELDS["HOST_CR4"]), caps)
+    yield from _fixed_bit_problems("CR4", vmcs.get(_HOST_CR4), caps)
+
+
+_CR4_CET = reg_bit("CR4", "CET")
+_CR0_WP = reg_bit("CR0", "WP")
+
+
+@entry_check("host.cr4.cet_needs_wp")
+def check_host_cr4_cet_needs_wp(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If the host CR4 field sets CET, the host CR0 field sets WP."""
+    cr4 = vmcs.get(_HOST_CR4)
+    if cr4 & _CR4_CET.mask:
+        cr0 = vmcs.get(_HOST_CR0)
+        if not cr0 & _CR0_WP.mask:
+            yield (f"HOST_CR4 = {cr4:#x} sets CET (bit {_CR4_CET.bits}) but HOST_CR0 = {cr0:#x} "
+                   f"clears WP (bit {_CR0_WP.bits})")
+
+
+_CR3_LAM = BitRange(61, 62)
+"""CR3 bits 61 (LAM_U57) and 62 (LAM_U48): the rule host.cr3.address_width lets them be 1 on
+processors that support linear-address masking (registers.toml has no CR3 row yet)."""
+
+
+@entry_check("host.cr3.address_width")
+def check_host_cr3_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """The host CR3 field sets no bit at or above the physical-address width, except bits 62:61
+    (LAM_U48, LAM_U57) on processors that support linear-address masking."""
+    cr3 = vmcs.get(_HOST_CR3)
+    width = caps.require_fact("MAXPHYADDR")
+    beyond = cr3 & ~mask(width)
+    if beyond & ~_CR3_LAM.mask:
+        yield (f"HOST_CR3 = {cr3:#x} sets bits {beyond & ~_CR3_LAM.mask:#x} at or above the "
+               f"physical-address width ({width} bits)")
+    elif beyond and not caps.require_fact("CPUID_LAM"):
+        yield (f"HOST_CR3 = {cr3:#x} sets the LAM bits {beyond:#x} (bits {_CR3_LAM}) on a processor "
+               "without linear-address masking")
+
+
+_HOST_SYSENTER = _fields("HOST_IA32_SYSENTER_ESP", "HOST_IA32_SYSENTER_EIP")
+
+
+@entry_check("host.sysenter.canonical")
+def check_host_sysenter_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """The host IA32_SYSENTER_ESP and IA32_SYSENTER_EIP fields each hold a canonical address."""
+    yield from _non_canonical(vmcs, caps, _HOST_SYSENTER)
+
+
+_HOST_CET_ADDRESSES = _fields("HOST_S_CET", "HOST_INTR_SSP_TABLE")
+
+
+@entry_check("host.cet.canonical")
+def check_host_cet_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'load CET state' is 1, the host IA32_S_CET and IA32_INTERRUPT_SSP_TABLE_ADDR fields each
+    hold a canonical address."""
+    if _loads(vmcs, _LOAD_CET):
+        yield from _non_canonical(vmcs, caps, _HOST_CET_ADDRESSES)
+
+
+_HOST_PERF_GLOBAL_CTRL = VMCS_FIELDS["HOST_IA32_PERF_GLOBAL_CTRL"]
+_EN_PMC = reg_bit("IA32_PERF_GLOBAL_CTRL", "EN_PMC").bits
+_EN_FIXED_CTR = reg_bit("IA32_PERF_GLOBAL_CTRL", "EN_FIXED_CTR").bits
+_EN_PERF_METRICS = reg_bit("IA32_PERF_GLOBAL_CTRL", "EN_PERF_METRICS").mask
+
+
+@entry_check("host.perf_global_ctrl.reserved_bits")
+def check_host_perf_global_ctrl_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'load IA32_PERF_GLOBAL_CTRL' is 1, the host IA32_PERF_GLOBAL_CTRL field enables only
+    counters the PMU has (CPUID leaf 0AH) and sets no reserved bit."""
+    if not _loads(vmcs, _LOAD_PERF_GLOBAL_CTRL):
+        return
+    value = vmcs.get(_HOST_PERF_GLOBAL_CTRL)
+    gp, fixed = caps.require_fact("PMU_GP_COUNTERS"), caps.require_fact("PMU_FIXED_COUNTERS")
+    counters = mask(min(gp, _EN_PMC.width)) << _EN_PMC.lo | mask(min(fixed, _EN_FIXED_CTR.width)) << _EN_FIXED_CTR.lo
+    reserved = value & ~(counters | _EN_PERF_METRICS)
+    if reserved:
+        yield (f"HOST_IA32_PERF_GLOBAL_CTRL = {value:#x} sets bits {reserved:#x}, reserved with {gp} "
+               f"general-purpose and {fixed} fixed-function counters")
+    elif value & _EN_PERF_METRICS:
+        raise NotEvaluable("HOST_IA32_PERF_GLOBAL_CTRL", hex(value),
+                           "EN_PERF_METRICS (bit 48) exists only where IA32_PERF_CAPABILITIES[15] enumerates "
+                           "PERF_METRICS, which the profile does not say")
+
+
+_HOST_PAT = VMCS_FIELDS["HOST_IA32_PAT"]
+_PAT_ENTRIES = tuple(REGISTERS["IA32_PAT"].bits)
+_PAT_MEMORY_TYPES = {int(row["value"]): str(row["name"])
+                     for row in _Table("x86/guest_state.toml").rows("pat_memory_type")}
+_PAT_TYPE_LIST = ", ".join(f"{v} ({n})" for v, n in sorted(_PAT_MEMORY_TYPES.items()))
+
+
+@entry_check("host.pat.valid")
+def check_host_pat_valid(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'load IA32_PAT' is 1, each of the eight entries of the host IA32_PAT field holds a memory
+    type the PAT can encode (UC, WC, WT, WP, WB or UC-)."""
+    if not _loads(vmcs, _LOAD_PAT):
+        return
+    pat = vmcs.get(_HOST_PAT)
+    bad = [f"{e.name} = {e.bits.get(pat):#x}" for e in _PAT_ENTRIES if e.bits.get(pat) not in _PAT_MEMORY_TYPES]
+    if bad:
+        yield f"HOST_IA32_PAT = {pat:#018x}: {', '.join(bad)} not a PAT memory type ({_PAT_TYPE_LIST})"
+
+
+_HOST_EFER = VMCS_FIELDS["HOST_IA32_EFER"]
+_EFER_RESERVED = mask(64) & ~sum(b.mask for b in REGISTERS["IA32_EFER"].bits)
+_EFER_LMA = reg_bit("IA32_EFER", "LMA")
+_EFER_LME = reg_bit("IA32_EFER", "LME")
+_EFER_FEATURE_BITS = ((_EFER_LME.mask | _EFER_LMA.mask, "CPUID_LM", "LME/LMA"),
+                      (reg_bit("IA32_EFER", "NXE").mask, "CPUID_NX", "NXE"))
+"""EFER bits that exist only where CPUID enumerates their feature: (mask, fact, name)."""
+
+
+@entry_check("host.efer.reserved_bits")
+def check_host_efer_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'load IA32_EFER' is 1, the host IA32_EFER field sets no reserved bit: none outside SCE,
+    LME, LMA and NXE, no LME/LMA without Intel 64 support and no NXE without execute-disable."""
+    if not _loads(vmcs, _LOAD_EFER):
+        return
+    efer = vmcs.get(_HOST_EFER)
+    if efer & _EFER_RESERVED:
+        yield f"HOST_IA32_EFER = {efer:#x} sets reserved bits {efer & _EFER_RESERVED:#x}"
+        return
+    for bits, fact, name in _EFER_FEATURE_BITS:
+        if efer & bits and not caps.require_fact(fact):
+            yield f"HOST_IA32_EFER = {efer:#x} sets {name}, reserved on a processor without {fact}"
+
+
+@entry_check("host.efer.lma_lme")
+def check_host_efer_lma_lme(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'load IA32_EFER' is 1, LMA and LME of the host IA32_EFER field each equal the 'host
+    address-space size' VM-exit control."""
+    if not _loads(vmcs, _LOAD_EFER):
+        return
+    efer, host_64 = vmcs.get(_HOST_EFER), _is_64bit_host(vmcs)
+    for bit in (_EFER_LMA, _EFER_LME):
+        if bool(efer & bit.mask) != host_64:
+            yield (f"HOST_IA32_EFER = {efer:#x}: {bit.name} (bit {bit.bits}) is {int(not host_64)} but the "
+                   f"'host address-space size' VM-exit control is {int(host_64)}")
+
+
+_S_CET_RESERVED = _reserved_mask("IA32_S_CET")
+_S_CET_SUPPRESS = reg_bit("IA32_S_CET", "SUPPRESS")
+_S_CET_TRACKER = reg_bit("IA32_S_CET", "TRACKER")
+
+
+@entry_check("host.cet.s_cet_reserved_bits")
+def check_host_s_cet_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'load CET state' is 1, the host IA32_S_CET field sets no reserved bit (9:6) and does not
+    set both SUPPRESS and TRACKER."""
+    if not _loads(vmcs, _LOAD_CET):
+        return
+    s_cet = vmcs.get(_HOST_S_CET)
+    yield from _reserved_bits_set(_HOST_S_CET, s_cet, _S_CET_RESERVED, "IA32_S_CET")
+    if s_cet & _S_CET_SUPPRESS.mask and s_cet & _S_CET_TRACKER.mask:
+        yield (f"HOST_S_CET = {s_cet:#x} sets both SUPPRESS (bit {_S_CET_SUPPRESS.bits}) and "
+               f"TRACKER (bit {_S_CET_TRACKER.bits})")
+
+
+_SSP_ALIGNMENT = BitRange(0, 1)
+"""Host SSP bits 1:0, which rule host.cet.ssp_alignment requires to be 0 (§28.2.2)."""
+
+
+@entry_check("host.cet.ssp_alignment")
+def check_host_ssp_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'load CET state' is 1, bits 1:0 of the host SSP field are 0."""
+    if _loads(vmcs, _LOAD_CET):
+        yield from _misaligned(vmcs, (_HOST_SSP,), _SSP_ALIGNMENT)
+
+
+_HOST_PKRS = VMCS_FIELDS["HOST_IA32_PKRS"]
+_PKRS_RESERVED = _reserved_mask("IA32_PKRS")
+
+
+@entry_check("host.pkrs.reserved_bits")
+def check_host_pkrs_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'load PKRS' is 1, bits 63:32 of the host IA32_PKRS field are 0."""
+    if _loads(vmcs, _LOAD_PKRS):
+        yield from _reserved_bits_set(_HOST_PKRS, vmcs.get(_HOST_PKRS), _PKRS_RESERVED, "IA32_PKRS")
+
+
+def _loads_fred_for_64bit_host(vmcs: Vmcs) -> bool:
+    """The FRED host-state rules apply: 'load FRED' and 'host address-space size' are both 1."""
+    return _is_64bit_host(vmcs) and _loads_secondary(vmcs, _LOAD_FRED)
+
+
+_HOST_FRED_CONFIG = VMCS_FIELDS["HOST_IA32_FRED_CONFIG"]
+_FRED_CONFIG_RESERVED = _reserved_mask("IA32_FRED_CONFIG")
+_FRED_ENTRYPOINT = reg_bit("IA32_FRED_CONFIG", "ENTRYPOINT")
+
+
+@entry_check("host.fred.config")
+def check_host_fred_config(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'load FRED' and 'host address-space size' are 1, the host IA32_FRED_CONFIG field sets no
+    reserved bit (2, 5:4, 11) and its entry point (bits 63:12) is canonical."""
+    if not _loads_fred_for_64bit_host(vmcs):
+        return
+    config = vmcs.get(_HOST_FRED_CONFIG)
+    yield from _reserved_bits_set(_HOST_FRED_CONFIG, config, _FRED_CONFIG_RESERVED, "IA32_FRED_CONFIG")
+    width = caps.require_fact("LINEAR_ADDRESS_WIDTH")
+    if not is_canonical(config & _FRED_ENTRYPOINT.mask, width):
+        yield (f"HOST_IA32_FRED_CONFIG = {config:#x}: the entry point (bits {_FRED_ENTRYPOINT.bits}) is not "
+               f"canonical ({width}-bit linear addresses)")
+
+
+_HOST_FRED_RSPS = _fields("HOST_IA32_FRED_RSP1", "HOST_IA32_FRED_RSP2", "HOST_IA32_FRED_RSP3")
+_FRED_RSP_ALIGNMENT = BitRange(0, 5)
+"""Bits 5:0 of each host IA32_FRED_RSPi, which rule host.fred.rsp requires to be 0 (64-byte stacks)."""
+
+
+@entry_check("host.fred.rsp")
+def check_host_fred_rsp(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'load FRED' and 'host address-space size' are 1, each host IA32_FRED_RSPi field (i = 1-3)
+    is 64-byte aligned and canonical."""
+    if _loads_fred_for_64bit_host(vmcs):
+        yield from _misaligned(vmcs, _HOST_FRED_RSPS, _FRED_RSP_ALIGNMENT)
+        yield from _non_canonical(vmcs, caps, _HOST_FRED_RSPS)
+
+
+_HOST_FRED_SSPS = _fields("HOST_IA32_FRED_SSP1", "HOST_IA32_FRED_SSP2", "HOST_IA32_FRED_SSP3")
+_FRED_SSP_ALIGNMENT = BitRange(0, 2)
+"""Bits 2:0 of each host IA32_FRED_SSPi, which rule host.fred.ssp requires to be 0 (8-byte aligned)."""
+
+
+@entry_check("host.fred.ssp")
+def check_host_fred_ssp(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'load FRED' and 'host address-space size' are 1, each host IA32_FRED_SSPi field (i = 1-3)
+    is 8-byte aligned and canonical."""
+    if _loads_fred_for_64bit_host(vmcs):
+        yield from _misaligned(vmcs, _HOST_FRED_SSPS, _FRED_SSP_ALIGNMENT)
+        yield from _non_canonical(vmcs, caps, _HOST_FRED_SSPS)
+
+
+_HOST_SPEC_CTRL = VMCS_FIELDS["HOST_IA32_SPEC_CTRL"]
+_SPEC_CTRL_RESERVED = _reserved_mask("IA32_SPEC_CTRL")
+
+
+@entry_check("host.spec_ctrl.reserved_bits")
+def check_host_spec_ctrl_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'load host IA32_SPEC_CTRL' is 1, the host IA32_SPEC_CTRL field sets no reserved bit."""
+    if _loads_secondary(vmcs, _LOAD_SPEC_CTRL):
+        yield from _reserved_bits_set(_HOST_SPEC_CTRL, vmcs.get(_HOST_SPEC_CTRL), _SPEC_CTRL_RESERVED,
+                                      "IA32_SPEC_CTRL")
+
+
+# ----------------------------------------------------------------------------- §28.2.3 segment and table registers
+
+_HOST_SELECTORS = {reg: VMCS_FIELDS[f"HOST_{reg}_SELECTOR"] for reg in ("ES", "CS", "SS", "DS", "FS", "GS", "TR")}
+_RPL = reg_bit("SEGMENT_SELECTOR", "RPL")
+_TI = reg_bit("SEGMENT_SELECTOR", "TI")
+
+
+@entry_check("host.selectors.rpl_ti")
+def check_host_selectors_rpl_ti(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """In the host ES, CS, SS, DS, FS, GS and TR selector fields, RPL and TI are 0."""
+    for field in _HOST_SELECTORS.values():
+        selector = vmcs.get(field)
+        if selector & (_RPL.mask | _TI.mask):
+            yield (f"{field.name} = {selector:#06x} has RPL {_RPL.bits.get(selector)} and TI "
+                   f"{_TI.bits.get(selector)}; both must be 0")
+
+
+def _null_selectors(vmcs: Vmcs, registers: Iterable[str]) -> Iterator[str]:
+    for reg in registers:
+        if vmcs.get(_HOST_SELECTORS[reg]) == 0:
+            yield f"{_HOST_SELECTORS[reg].name} is 0000H (null)"
+
+
+@entry_check("host.selectors.cs_tr_nonnull")
+def check_host_selectors_cs_tr_nonnull(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """The host CS and TR selector fields are not 0000H."""
+    yield from _null_selectors(vmcs, ("CS", "TR"))
+
+
+@entry_check("host.selectors.ss_nonnull")
+def check_host_selectors_ss_nonnull(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'host address-space size' is 0, the host SS selector field is not 0000H."""
+    if not _is_64bit_host(vmcs):
+        yield from (f"{message} while the 'host address-space size' VM-exit control is 0"
+                    for message in _null_selectors(vmcs, ("SS",)))
+
+
+_HOST_BASES = _fields("HOST_FS_BASE", "HOST_GS_BASE", "HOST_GDTR_BASE", "HOST_IDTR_BASE", "HOST_TR_BASE")
+
+
+@entry_check("host.bases.canonical")
+def check_host_bases_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """The host FS, GS, GDTR, IDTR and TR base-address fields each hold a canonical address."""
+    yield from _non_canonical(vmcs, caps, _HOST_BASES)
+
+
+# ----------------------------------------------------------------------------- §28.2.4 address-space size
+
+
+@entry_check("address_space.vmm_outside_ia32e")
+def check_vmm_outside_ia32e(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """A VMM outside IA-32e mode sets neither 'IA-32e mode guest' nor 'host address-space size'."""
+    if ctx.vmm_ia32e_mode:
+        return
+    if vmcs.get(_ENTRY_CONTROLS) & _IA32E_MODE_GUEST:
+        yield "the 'IA-32e mode guest' VM-entry control is 1 but the VMM is outside IA-32e mode"
+    if _is_64bit_host(vmcs):
+        yield "the 'host address-space size' VM-exit control is 1 but the VMM is outside IA-32e mode"
+
+
+@entry_check("address_space.vmm_in_ia32e")
+def check_vmm_in_ia32e(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """A VMM in IA-32e mode sets 'host address-space size'."""
+    if ctx.vmm_ia32e_mode and not _is_64bit_host(vmcs):
+        yield "the 'host address-space size' VM-exit control is 0 but the VMM is in IA-32e mode"
+
+
+@entry_check("address_space.host_32bit.no_ia32e_guest")
+def check_host_32bit_no_ia32e_guest(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'host address-space size' is 0, 'IA-32e mode guest' is 0."""
+    if not _is_64bit_host(vmcs) and vmcs.get(_ENTRY_CONTROLS) & _IA32E_MODE_GUEST:
+        yield "the 'IA-32e mode guest' VM-entry control is 1 but the 'host address-space size' VM-exit control is 0"
+
+
+def _host_cr4_bit_problem(vmcs: Vmcs, name: str, bit: BitRange, *, required: bool) -> Iterator[str]:
+    """A message if host CR4 bit ``bit`` is not ``required`` under the host address-space size."""
+    cr4 = vmcs.get(_HOST_CR4)
+    if bool(cr4 & bit.mask) != required:
+        size = int(_is_64bit_host(vmcs))
+        yield (f"HOST_CR4 = {cr4:#x} {'clears' if required else 'sets'} {name} (bit {bit}) while the "
+               f"'host address-space size' VM-exit control is {size}")
+
+
+_CR4_PCIDE = reg_bit("CR4", "PCIDE").bits
+_CR4_FRED = BitRange(32, 32)
+"""CR4.FRED, which rule address_space.host_32bit.cr4_fred names (registers.toml has no FRED row yet)."""
+
+
+@entry_check("address_space.host_32bit.cr4_pcide")
+def check_host_32bit_cr4_pcide(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'host address-space size' is 0, the host CR4 field clears PCIDE."""
+    if not _is_64bit_host(vmcs):
+        yield from _host_cr4_bit_problem(vmcs, "PCIDE", _CR4_PCIDE, required=False)
+
+
+@entry_check("address_space.host_32bit.cr4_fred")
+def check_host_32bit_cr4_fred(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'host address-space size' is 0, the host CR4 field clears FRED (bit 32)."""
+    if not _is_64bit_host(vmcs):
+        yield from _host_cr4_bit_problem(vmcs, "FRED", _CR4_FRED, required=False)
+
+
+def _upper_bits_set(vmcs: Vmcs, fields: Iterable[VmcsField]) -> Iterator[str]:
+    for field in fields:
+        value = vmcs.get(field)
+        if value & _UPPER_32.mask:
+            yield (f"{field.name} = {value:#x} sets bits {_UPPER_32} while the 'host address-space size' "
+                   "VM-exit control is 0")
+
+
+@entry_check("address_space.host_32bit.rip_upper_bits")
+def check_host_32bit_rip_upper_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'host address-space size' is 0, bits 63:32 of the host RIP field are 0."""
+    if not _is_64bit_host(vmcs):
+        yield from _upper_bits_set(vmcs, (_HOST_RIP,))
+
+
+@entry_check("address_space.host_32bit.cet_upper_bits")
+def check_host_32bit_cet_upper_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'host address-space size' is 0 and 'load CET state' is 1, bits 63:32 of the host
+    IA32_S_CET and SSP fields are 0."""
+    if not _is_64bit_host(vmcs) and _loads(vmcs, _LOAD_CET):
+        yield from _upper_bits_set(vmcs, (_HOST_S_CET, _HOST_SSP))
+
+
+_CR4_PAE = reg_bit("CR4", "PAE").bits
+_CR4_LA57 = reg_bit("CR4", "LA57").mask
+_PAGING_LINEAR_WIDTH = {False: 48, True: 57}
+"""Linear-address width of 4-level (CR4.LA57 = 0) and 5-level (CR4.LA57 = 1) paging (SDM Vol. 3A
+"4-Level Paging and 5-Level Paging"), which rule address_space.host_64bit.rip_canonical uses."""
+
+
+@entry_check("address_space.host_64bit.cr4_pae")
+def check_host_64bit_cr4_pae(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'host address-space size' is 1, the host CR4 field sets PAE."""
+    if _is_64bit_host(vmcs):
+        yield from _host_cr4_bit_problem(vmcs, "PAE", _CR4_PAE, required=True)
+
+
+@entry_check("address_space.host_64bit.rip_canonical")
+def check_host_64bit_rip_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'host address-space size' is 1, the host RIP field is canonical for the paging mode the host
+    uses after VM exit: 57 bits if the host CR4 field sets LA57, 48 bits otherwise."""
+    if not _is_64bit_host(vmcs):
+        return
+    rip, la57 = vmcs.get(_HOST_RIP), bool(vmcs.get(_HOST_CR4) & _CR4_LA57)
+    width = _PAGING_LINEAR_WIDTH[la57]
+    if not is_canonical(rip, width):
+        yield f"HOST_RIP = {rip:#x} is not canonical for {width}-bit linear addresses (host CR4.LA57 = {int(la57)})"
+
+
+@entry_check("address_space.host_64bit.ssp_canonical")
+def check_host_64bit_ssp_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+    """If 'host address-space size' and 'load CET state' are 1, the host SSP field is canonical."""
+    if _is_64bit_host(vmcs) and _loads(vmcs, _LOAD_CET):
+        yield from _non_canonical(vmcs, caps, (_HOST_SSP,))

@@ -1,0 +1,148 @@
+"""VM-entry MSR loading (vtx/vmx/entry/msr_load.py): exit reason 34 with the 1-based index of the
+first entry VM entry refuses; entries after it are never examined."""
+
+from __future__ import annotations
+
+import pytest
+
+from vtx import spec
+from vtx.spec import reg_bit
+from vtx.vmx.capabilities import Capabilities, load_preset
+from vtx.vmx.entry import EntryContext, EntryVerdict, evaluate_vm_entry
+from vtx.vmx.entry.msr_load import ENTRY_BYTES, MSR_INDICES, first_refused_entry
+from vtx.vmx.operation import SparseMemory
+from vtx.vmx.templates import build_template
+from vtx.vmx.vmcs import Vmcs
+
+SKYLAKE = load_preset("skylake_client")
+IVYBRIDGE = load_preset("ivybridge_client")
+MSR_LOAD_FAIL = spec.get_exit_reason("MSR_LOAD_FAIL")
+AREA = 0x0003_0000
+
+INDEX = reg_bit("VMX_MSR_ENTRY", "INDEX").bits
+RESERVED = reg_bit("VMX_MSR_ENTRY", "RESERVED").bits
+DATA = reg_bit("VMX_MSR_ENTRY", "DATA").bits
+
+IA32_FS_BASE = MSR_INDICES["IA32_FS_BASE"]
+IA32_GS_BASE = MSR_INDICES["IA32_GS_BASE"]
+IA32_SMM_MONITOR_CTL = MSR_INDICES["IA32_SMM_MONITOR_CTL"]
+IA32_KERNEL_GS_BASE = 0xC000_0102  # an MSR VM entry may load
+IA32_SYSENTER_CS = 0x174
+X2APIC_TPR = 0x808
+WRMSR_ID = "msr_load.wrmsr_fault"
+
+
+def msr_entry(index: int, data: int = 0, reserved: int = 0) -> int:
+    return DATA.put(RESERVED.put(INDEX.put(0, index), reserved), data)
+
+
+def load_area(*entries: int, caps: Capabilities = SKYLAKE, in_smm: bool = False) -> tuple[Vmcs, EntryContext]:
+    """The long-mode template loading ``entries`` from a VM-entry MSR-load area at AREA."""
+    memory = SparseMemory()
+    for i, e in enumerate(entries):
+        memory = memory.write_int(AREA + i * ENTRY_BYTES, ENTRY_BYTES, e)
+    vmcs = build_template("long-mode", caps).with_fields(
+        {"VM_ENTRY_MSR_LOAD_COUNT": len(entries), "VM_ENTRY_MSR_LOAD_ADDR": AREA})
+    return vmcs, EntryContext(memory=memory, in_smm=in_smm)
+
+
+def verdict(*entries: int, caps: Capabilities = SKYLAKE, in_smm: bool = False) -> EntryVerdict:
+    vmcs, ctx = load_area(*entries, caps=caps, in_smm=in_smm)
+    return evaluate_vm_entry(vmcs, caps, ctx)
+
+
+def not_evaluable_ids(result: EntryVerdict) -> set[str]:
+    return {n.partition(":")[0] for n in result.not_evaluable}
+
+
+@pytest.mark.parametrize(("check_ids", "entries", "qualification", "in_smm"), [
+    ({"msr_load.fs_gs_base"}, [msr_entry(IA32_FS_BASE)], 1, False),
+    ({"msr_load.fs_gs_base"}, [msr_entry(IA32_KERNEL_GS_BASE), msr_entry(IA32_GS_BASE)], 2, False),
+    ({"msr_load.x2apic"}, [msr_entry(X2APIC_TPR)], 1, False),
+    ({"msr_load.x2apic"}, [msr_entry(IA32_SYSENTER_CS), msr_entry(IA32_KERNEL_GS_BASE), msr_entry(0x8FF)], 3, False),
+    ({"msr_load.smm_only"}, [msr_entry(IA32_SMM_MONITOR_CTL, 1)], 1, False),
+    ({"msr_load.model_specific"}, [msr_entry(MSR_INDICES["IA32_BIOS_UPDT_TRIG"])], 1, False),
+    ({"msr_load.model_specific"}, [msr_entry(IA32_SYSENTER_CS), msr_entry(MSR_INDICES["IA32_BIOS_SIGN_ID"])], 2, False),
+    ({"msr_load.reserved_bits"}, [msr_entry(IA32_SYSENTER_CS, reserved=1)], 1, False),
+    ({"msr_load.reserved_bits"}, [msr_entry(IA32_SYSENTER_CS, reserved=1 << 31)], 1, True),
+    # one entry refused for two reasons: both are reported, with the same qualification
+    ({"msr_load.fs_gs_base", "msr_load.reserved_bits"}, [msr_entry(IA32_FS_BASE, reserved=1)], 1, False),
+])
+def test_msr_load_rejects(check_ids: set[str], entries: list[int], qualification: int, in_smm: bool) -> None:
+    result = verdict(*entries, in_smm=in_smm)
+    assert {v.check_id for v in result.violations} == check_ids, [v.message for v in result.violations]
+    assert {v.qualification for v in result.violations} == {qualification}
+    assert result.outcome is not None
+    assert (result.outcome.reason, result.outcome.qualification) == (MSR_LOAD_FAIL, qualification)  # type: ignore[union-attr]
+    assert result.possible_outcomes == (result.outcome,)
+
+
+@pytest.mark.parametrize(("check_id", "entries", "in_smm"), [
+    ("msr_load.fs_gs_base", [msr_entry(IA32_KERNEL_GS_BASE)], False),
+    ("msr_load.x2apic", [msr_entry(0x7FF)], False),
+    ("msr_load.x2apic", [msr_entry(0x900)], False),
+    ("msr_load.smm_only", [msr_entry(IA32_SMM_MONITOR_CTL, 1)], True),
+    ("msr_load.model_specific", [msr_entry(IA32_SYSENTER_CS)], False),
+    ("msr_load.reserved_bits", [msr_entry(IA32_SYSENTER_CS, data=(1 << 64) - 1)], False),
+])
+def test_msr_load_accepts(check_id: str, entries: list[int], in_smm: bool) -> None:
+    result = verdict(*entries, in_smm=in_smm)
+    assert check_id not in {v.check_id for v in result.violations}
+    assert check_id not in not_evaluable_ids(result)
+
+
+def test_loading_stops_at_the_first_refused_entry() -> None:
+    result = verdict(msr_entry(IA32_SYSENTER_CS, reserved=1), msr_entry(IA32_FS_BASE), msr_entry(X2APIC_TPR))
+    assert [(v.check_id, v.qualification) for v in result.violations] == [("msr_load.reserved_bits", 1)]
+
+
+def test_the_first_refused_entry_is_found_in_memory() -> None:
+    vmcs, ctx = load_area(msr_entry(IA32_SYSENTER_CS, 5), msr_entry(X2APIC_TPR, 7))
+    refused = first_refused_entry(vmcs, SKYLAKE, ctx)
+    assert refused is not None
+    entry, reasons = refused
+    assert (entry.number, entry.address, entry.index, entry.data) == (2, AREA + ENTRY_BYTES, X2APIC_TPR, 7)
+    assert set(reasons) == {"msr_load.x2apic"}
+
+
+def test_no_msr_loading_is_evaluable_and_passes() -> None:
+    vmcs = build_template("long-mode", SKYLAKE)
+    assert evaluate_vm_entry(vmcs, SKYLAKE).succeeds
+
+
+@pytest.mark.parametrize("caps", [SKYLAKE, IVYBRIDGE])
+def test_wrmsr_fault_is_not_evaluable_for_the_entries_vm_entry_would_load(caps: Capabilities) -> None:
+    result = verdict(msr_entry(IA32_SYSENTER_CS, 0x10), msr_entry(IA32_KERNEL_GS_BASE), caps=caps)
+    assert not result.violations
+    assert not_evaluable_ids(result) == {WRMSR_ID}
+    assert "entries 1-2" in result.not_evaluable[0]
+    assert not result.succeeds
+
+
+def test_wrmsr_fault_is_moot_when_the_first_entry_is_refused() -> None:
+    result = verdict(msr_entry(IA32_FS_BASE), msr_entry(IA32_SYSENTER_CS))
+    assert WRMSR_ID not in not_evaluable_ids(result)
+
+
+def test_wrmsr_fault_names_only_the_entries_before_the_refused_one() -> None:
+    result = verdict(msr_entry(IA32_SYSENTER_CS), msr_entry(X2APIC_TPR), msr_entry(IA32_KERNEL_GS_BASE))
+    assert "entry 1:" in next(n for n in result.not_evaluable if n.startswith(WRMSR_ID))
+
+
+def test_a_list_beyond_the_recommended_maximum_is_not_evaluable() -> None:
+    n = SKYLAKE.msr_field("IA32_VMX_MISC", "max_msr_list_count")
+    assert n is not None
+    count = 512 * (n + 1) + 1  # Vol. 3D §A.6: 512 * (N + 1) is the recommended maximum
+    vmcs = build_template("long-mode", SKYLAKE).with_fields(
+        {"VM_ENTRY_MSR_LOAD_COUNT": count, "VM_ENTRY_MSR_LOAD_ADDR": AREA})
+    result = evaluate_vm_entry(vmcs, SKYLAKE, EntryContext())
+    assert not result.violations
+    assert {c for c in not_evaluable_ids(result) if c.startswith("msr_load.")} == {
+        "msr_load.fs_gs_base", "msr_load.x2apic", "msr_load.smm_only", "msr_load.model_specific",
+        "msr_load.reserved_bits", WRMSR_ID}
+
+
+def test_messages_name_the_entry_and_the_msr() -> None:
+    result = verdict(msr_entry(IA32_SYSENTER_CS), msr_entry(IA32_GS_BASE, 0x1234))
+    message = result.violations[0].message
+    assert "entry 2" in message and "IA32_GS_BASE" in message and hex(AREA + ENTRY_BYTES) in message
