@@ -15,6 +15,8 @@ from typing import Any
 
 from vtx import __version__, spec
 from vtx.errors import VtxError
+from vtx.paging import translate_cmd
+from vtx.vmx import check_cmd
 from vtx.vmx.capabilities import preset_names, resolve_capabilities
 
 
@@ -111,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("field")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_field)
+    translate_cmd.add_parser(sub)
+    check_cmd.add_parsers(sub)
     return parser
 
 
@@ -121,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VtxError as e:
         print(f"vtx: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader closed the pipe (e.g. `| head`): not an error of vtx
+        sys.stderr.close()
+        return 0
     return status
 
 

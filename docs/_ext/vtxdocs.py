@@ -15,6 +15,8 @@ from sphinx.application import Sphinx
 
 from vtx import spec
 from vtx.vmx.capabilities import load_preset, preset_names
+from vtx.vmx.entry import REGISTRY
+from vtx.vmx.entry.catalogue import ENTRY_CHECKS
 
 Row = list[str]
 
@@ -95,9 +97,6 @@ def _instructions() -> tuple[Row, list[Row]]:
 
 
 def _entry_checks() -> tuple[Row, list[Row]]:
-    from vtx.vmx.entry import REGISTRY
-    from vtx.vmx.entry.catalogue import ENTRY_CHECKS
-
     return (["Id", "Group", "Failure", "Rule", "Reads", "Source", "Implemented"],
             [[c.id, c.group, c.failure + (f" (qualification {c.qualification})" if c.failure == "exit_33" else ""),
               c.statement, ", ".join(c.fields + c.capabilities + c.processor + c.memory), str(c.citation),

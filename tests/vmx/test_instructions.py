@@ -34,11 +34,12 @@ from vmx_fixtures import (
 
 from vtx import spec
 from vtx.outcomes import Fault, VmEntered, VmExit, VmFailInvalid, VmFailValid, VmSucceed
+from vtx.paging.memory import PhysicalMemory
 from vtx.spec import VMCS_FIELDS
 from vtx.vmx import instructions as ins
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import evaluate_vm_entry
-from vtx.vmx.operation import INVALID_POINTER, LogicalProcessor, MsegHeader, SparseMemory, VmxMode, VmxonRegion
+from vtx.vmx.operation import INVALID_POINTER, LogicalProcessor, MsegHeader, VmxMode, VmxonRegion
 from vtx.vmx.vmcs import LaunchState, Vmcs
 
 Step = tuple[LogicalProcessor, object]
@@ -164,7 +165,7 @@ def test_vmxon_rejects_a_region_with_bit_31_set() -> None:
 
 
 def test_vmxon_reads_the_revision_from_plain_memory_too() -> None:
-    state = attrs.evolve(fresh(), memory=SparseMemory().write_int(0x9000, 4, revision(SKYLAKE)))
+    state = attrs.evolve(fresh(), memory=PhysicalMemory().write_int(0x9000, 4, revision(SKYLAKE)))
     assert isinstance(ins.vmxon(state, SKYLAKE, 0x9000)[1], VmSucceed)
 
 

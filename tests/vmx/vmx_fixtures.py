@@ -5,10 +5,11 @@ from __future__ import annotations
 import attrs
 
 from vtx.outcomes import InstructionOutcome, VmEntered, VmExit
+from vtx.paging.memory import PhysicalMemory
 from vtx.vmx import instructions as ins
 from vtx.vmx.capabilities import Capabilities, load_preset
 from vtx.vmx.instructions import vmptrld, vmxon
-from vtx.vmx.operation import LogicalProcessor, MsegHeader, SparseMemory, VmxonRegion
+from vtx.vmx.operation import LogicalProcessor, MsegHeader, VmxonRegion
 from vtx.vmx.templates import build_template
 from vtx.vmx.vmcs import Vmcs
 
@@ -96,7 +97,7 @@ def shadowing_guest(bitmap_bits: dict[int, int] | None = None) -> LogicalProcess
     state = with_current(SKYLAKE)
     vmcs = build_template("long-mode", SKYLAKE, features=["vmcs_shadowing"]).with_fields(
         {"VMCS_LINK_POINTER": SHADOW, "VMREAD_BITMAP": BITMAPS, "VMWRITE_BITMAP": BITMAPS + 0x1000})
-    memory = SparseMemory()
+    memory = PhysicalMemory()
     for address, byte in (bitmap_bits or {}).items():
         memory = memory.write_int(address, 1, byte)
     state = attrs.evolve(state.with_region(VMCS_A, vmcs), memory=memory).with_region(
@@ -111,7 +112,7 @@ def vmfunc_guest(eptp_entry: int) -> LogicalProcessor:
     vmcs = build_template("long-mode", SKYLAKE, features=["enable_ept", "enable_vm_functions"]).with_fields(
         {"VM_FUNCTION_CONTROL": 1, "EPTP_LIST_ADDRESS": 0x7000})
     state = attrs.evolve(with_current(SKYLAKE).with_region(VMCS_A, vmcs),
-                         memory=SparseMemory().write_int(0x7000 + 8 * 3, 8, eptp_entry))
+                         memory=PhysicalMemory().write_int(0x7000 + 8 * 3, 8, eptp_entry))
     guest, outcome = ins.vmlaunch(state, SKYLAKE)
     assert isinstance(outcome, VmEntered), outcome
     return guest

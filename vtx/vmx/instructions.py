@@ -25,6 +25,7 @@ from vtx.outcomes import (
     VmFailValid,
     VmSucceed,
 )
+from vtx.paging.memory import HostPhysAddr
 from vtx.spec import VMCS_FIELDS, VMX_INSTRUCTIONS, VmInstructionError, get_control, get_error, reg_bit
 from vtx.vmx import vmcs as vmcs_access
 from vtx.vmx.capabilities import Capabilities
@@ -227,7 +228,7 @@ def _shadow_exit(state: LogicalProcessor, encoding: int, bitmap_field: str) -> b
     if encoding >> _BITMAP_INDEX_BITS:
         return True
     bitmap = vmcs.get(VMCS_FIELDS[bitmap_field])
-    return bool(state.memory.read_int(bitmap + encoding // 8, 1) >> (encoding % 8) & 1)
+    return bool(state.memory.read_int(HostPhysAddr(bitmap + encoding // 8), 1) >> (encoding % 8) & 1)
 
 
 def _target_vmcs(state: LogicalProcessor) -> int | None:
@@ -431,7 +432,7 @@ def vmfunc(state: LogicalProcessor, caps: Capabilities, function: int, argument:
     if function == spec.VM_FUNCTIONS["eptp_switching"].number:
         if argument >= 512:
             return vm_exit(state, caps, "vmfunc")
-        entry = state.memory.read_int(vmcs.get(VMCS_FIELDS["EPTP_LIST_ADDRESS"]) + 8 * argument, 8)
+        entry = state.memory.read_int(HostPhysAddr(vmcs.get(VMCS_FIELDS["EPTP_LIST_ADDRESS"]) + 8 * argument), 8)
         if not is_valid_eptp(entry, caps):
             return vm_exit(state, caps, "vmfunc")
         new_vmcs = vmcs.set(VMCS_FIELDS["EPT_POINTER"], entry)

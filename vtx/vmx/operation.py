@@ -8,8 +8,8 @@ and a current-VMCS pointer; VMCS regions live in physical memory with their laun
 Memory is modelled in two parts. VMCS regions (whose data format is implementation-specific and
 reached only through VMREAD / VMWRITE), VMXON regions and MSEG headers are objects keyed by
 their physical address (:attr:`LogicalProcessor.regions`). Everything else the instructions read
-(VMREAD / VMWRITE bitmaps, the EPTP list, descriptors) comes from a byte-addressed
-:class:`MemoryReader`. Faults of a memory operand's linear address are out of scope: pointer
+(VMREAD / VMWRITE bitmaps, the EPTP list, the MSR-load area) comes from byte-addressed
+host-physical memory (:class:`MemoryReader`). Faults of a memory operand's linear address are out of scope: pointer
 operands are the 64-bit pointer values themselves.
 """
 
@@ -22,6 +22,7 @@ from typing import Protocol
 import attrs
 
 from vtx.bits import mask
+from vtx.paging.memory import HostPhysAddr, PhysicalMemory
 from vtx.spec import POINTERS, REGION, reg_bit
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.vmcs import Vmcs
@@ -37,25 +38,10 @@ class VmxMode(enum.Enum):
 
 
 class MemoryReader(Protocol):
-    """Byte-addressed physical memory, read as little-endian integers."""
+    """Byte-addressed host-physical memory, read as little-endian integers
+    (:class:`vtx.paging.memory.PhysicalMemory` is the implementation)."""
 
-    def read_int(self, address: int, size: int) -> int: ...
-
-
-@attrs.frozen
-class SparseMemory:
-    """Physical memory as a sparse map of byte addresses to byte values (absent bytes read 0)."""
-
-    data: Mapping[int, int] = attrs.field(factory=dict)
-
-    def read_int(self, address: int, size: int) -> int:
-        return sum(self.data.get(address + i, 0) << (8 * i) for i in range(size))
-
-    def write_int(self, address: int, size: int, value: int) -> SparseMemory:
-        new = dict(self.data)
-        for i in range(size):
-            new[address + i] = value >> (8 * i) & 0xFF
-        return SparseMemory(new)
+    def read_int(self, address: HostPhysAddr, size: int) -> int: ...
 
 
 @attrs.frozen
@@ -111,7 +97,7 @@ class LogicalProcessor:
     vmxon_pointer: int | None = None
     current_vmcs: int = INVALID_POINTER
     regions: Mapping[int, Region] = attrs.field(factory=dict)
-    memory: MemoryReader = attrs.field(factory=SparseMemory)
+    memory: MemoryReader = attrs.field(factory=PhysicalMemory)
 
     # ------------------------------------------------------------------ predicates
 
@@ -190,7 +176,7 @@ def region_header(regions: Mapping[int, Region], memory: MemoryReader, address: 
         return region.header
     if isinstance(region, MsegHeader):
         return region.revision_id
-    return memory.read_int(address, 4)
+    return memory.read_int(HostPhysAddr(address), 4)
 
 
 def physical_address_width(caps: Capabilities) -> int:

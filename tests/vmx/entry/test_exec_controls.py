@@ -15,12 +15,12 @@ import pytest
 from vtx import spec
 from vtx.errors import NotEvaluable
 from vtx.outcomes import VmFailValid
+from vtx.paging.memory import PhysicalMemory
 from vtx.spec import CAPABILITY_MSRS, CONTROL_FIELDS, VMCS_FIELDS, get_control
 from vtx.vmx.capabilities import Capabilities, load_preset
 from vtx.vmx.entry import REGISTRY, EntryContext, evaluate_vm_entry
 from vtx.vmx.entry.catalogue import ENTRY_CHECKS
 from vtx.vmx.eptp import EPTP
-from vtx.vmx.operation import SparseMemory
 from vtx.vmx.templates import build_template
 from vtx.vmx.vmcs import Vmcs
 
@@ -92,7 +92,7 @@ class Case:
         ctx = EntryContext()
         if self.vtpr is not None:
             vtpr_address = vmcs["VIRTUAL_APIC_PAGE_ADDR"] + 0x80  # VTPR: offset 080H of the virtual-APIC page
-            ctx = EntryContext(memory=SparseMemory().write_int(vtpr_address, 1, self.vtpr))
+            ctx = EntryContext(memory=PhysicalMemory().write_int(vtpr_address, 1, self.vtpr))
         return vmcs, caps, ctx
 
 

@@ -12,6 +12,7 @@ import attrs
 import pytest
 
 from vtx import spec
+from vtx.paging.memory import PhysicalMemory
 from vtx.spec import get_control, reg_bit
 from vtx.vmx.capabilities import Capabilities, load_preset
 from vtx.vmx.entry import EntryContext, EntryVerdict, evaluate_vm_entry
@@ -27,7 +28,7 @@ from vtx.vmx.entry.guest_non_register import (
     VECTOR_MC,
     WAIT_FOR_SIPI,
 )
-from vtx.vmx.operation import SparseMemory, VmxonRegion
+from vtx.vmx.operation import VmxonRegion
 from vtx.vmx.templates import build_template
 from vtx.vmx.vmcs import Vmcs
 
@@ -351,7 +352,7 @@ def pae_without_ept(caps: Capabilities) -> Vmcs:
 
 
 def pdpt_context(pdptes: list[int]) -> EntryContext:
-    memory = SparseMemory()
+    memory = PhysicalMemory()
     for i, pdpte in enumerate(pdptes):
         memory = memory.write_int(PDPT + 8 * i, 8, pdpte)
     return EntryContext(memory=memory)

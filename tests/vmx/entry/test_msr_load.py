@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from vtx import spec
+from vtx.paging.memory import PhysicalMemory
 from vtx.spec import reg_bit
 from vtx.vmx.capabilities import Capabilities, load_preset
 from vtx.vmx.entry import EntryContext, EntryVerdict, evaluate_vm_entry
 from vtx.vmx.entry.msr_load import ENTRY_BYTES, MSR_INDICES, first_refused_entry
-from vtx.vmx.operation import SparseMemory
 from vtx.vmx.templates import build_template
 from vtx.vmx.vmcs import Vmcs
 
@@ -38,7 +38,7 @@ def msr_entry(index: int, data: int = 0, reserved: int = 0) -> int:
 
 def load_area(*entries: int, caps: Capabilities = SKYLAKE, in_smm: bool = False) -> tuple[Vmcs, EntryContext]:
     """The long-mode template loading ``entries`` from a VM-entry MSR-load area at AREA."""
-    memory = SparseMemory()
+    memory = PhysicalMemory()
     for i, e in enumerate(entries):
         memory = memory.write_int(AREA + i * ENTRY_BYTES, ENTRY_BYTES, e)
     vmcs = build_template("long-mode", caps).with_fields(

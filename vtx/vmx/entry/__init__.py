@@ -25,9 +25,10 @@ from vtx import spec
 from vtx.conditions import ControlAllowed
 from vtx.errors import NotEvaluable, SpecError
 from vtx.outcomes import VmEntryFailed, VmFailValid
+from vtx.paging.memory import HostPhysAddr, PhysicalMemory
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry.catalogue import ENTRY_CHECKS, EntryCheckSpec
-from vtx.vmx.operation import LogicalProcessor, MemoryReader, Region, SparseMemory, region_header
+from vtx.vmx.operation import LogicalProcessor, MemoryReader, Region, region_header
 from vtx.vmx.vmcs import Vmcs
 
 FAILURE_ORDER = ("vmfail_valid_7", "vmfail_valid_8", "exit_33", "exit_34")
@@ -49,7 +50,7 @@ class EntryContext:
     vmxon_pointer: int | None = None
     current_vmcs: int | None = None
     regions: Mapping[int, Region] = attrs.field(factory=dict)
-    memory: MemoryReader = attrs.field(factory=SparseMemory)
+    memory: MemoryReader = attrs.field(factory=PhysicalMemory)
 
     @classmethod
     def from_processor(cls, state: LogicalProcessor, instruction: str) -> EntryContext:
@@ -61,7 +62,7 @@ class EntryContext:
 
     def read_int(self, address: int, size: int) -> int:
         """``size`` bytes of physical memory at ``address``, little-endian."""
-        return self.memory.read_int(address, size)
+        return self.memory.read_int(HostPhysAddr(address), size)
 
     def region_header(self, address: int) -> int:
         """The first 32 bits of the region at ``address`` (revision identifier and bit 31)."""

@@ -1,0 +1,113 @@
+"""Physical memory as an immutable value, and the three address spaces as distinct types.
+
+Memory is sparse and page-granular: a mapping from page number to the page's bytes, where a
+page never written reads as zeros. A write returns a new :class:`PhysicalMemory` that shares
+every untouched page with the old one (one page copied per write). Memory is always
+*host-physical*: it is addressed by :data:`HostPhysAddr`. A guest-physical address reaches it
+only through a translation (EPT, NPT, or the identity when neither is in use), so that mypy
+keeps the spaces apart.
+
+Multi-byte values are little-endian (SDM Vol. 1 §1.3.1 "Bit and Byte Order").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import NewType
+
+import attrs
+
+from vtx.bits import mask
+from vtx.paging.formats import PAGE_OFFSET_BITS, PAGE_SIZE
+
+HostPhysAddr = NewType("HostPhysAddr", int)
+"""A host-physical address: what memory is addressed by."""
+
+GuestPhysAddr = NewType("GuestPhysAddr", int)
+"""A guest-physical address: the output of guest paging, the input of EPT / NPT."""
+
+GuestLinearAddr = NewType("GuestLinearAddr", int)
+"""A guest linear address: the input of guest paging."""
+
+_OFFSET_MASK = mask(PAGE_OFFSET_BITS)
+_ZERO_PAGE = bytes(PAGE_SIZE)
+
+
+def _page_bytes(page: object, number: int) -> bytes:
+    if not isinstance(page, bytes) or len(page) != PAGE_SIZE:
+        raise ValueError(f"page {number:#x} must be {PAGE_SIZE} bytes")
+    return page
+
+
+@attrs.frozen
+class PhysicalMemory:
+    """Sparse host-physical memory: page number -> ``PAGE_SIZE`` bytes; absent pages read 0."""
+
+    pages: Mapping[int, bytes] = attrs.field(factory=dict, repr=False)
+
+    @classmethod
+    def from_pages(cls, pages: Mapping[int, bytes]) -> PhysicalMemory:
+        """Memory from whole pages (page number -> ``PAGE_SIZE`` bytes); ValueError otherwise."""
+        return cls({n: _page_bytes(p, n) for n, p in pages.items()})
+
+    @classmethod
+    def from_writes(cls, writes: Iterable[tuple[HostPhysAddr, bytes]]) -> PhysicalMemory:
+        """Memory holding each ``(address, data)`` in order (later writes win)."""
+        pages: dict[int, bytearray] = {}
+        for address, data in writes:
+            for i, byte in enumerate(data):
+                a = address + i
+                pages.setdefault(a >> PAGE_OFFSET_BITS, bytearray(PAGE_SIZE))[a & _OFFSET_MASK] = byte
+        return cls({n: bytes(p) for n, p in pages.items()})
+
+    def read(self, address: HostPhysAddr, size: int) -> bytes:
+        """``size`` bytes from ``address`` (they may cross pages)."""
+        out = bytearray()
+        a = int(address)
+        while len(out) < size:
+            page = self.pages.get(a >> PAGE_OFFSET_BITS, _ZERO_PAGE)
+            off = a & _OFFSET_MASK
+            chunk = page[off:off + size - len(out)]
+            out += chunk
+            a += len(chunk)
+        return bytes(out)
+
+    def read_int(self, address: HostPhysAddr, size: int) -> int:
+        """The little-endian unsigned integer of ``size`` bytes at ``address``."""
+        off = address & _OFFSET_MASK
+        if off + size <= PAGE_SIZE:
+            page = self.pages.get(address >> PAGE_OFFSET_BITS)
+            return 0 if page is None else int.from_bytes(page[off:off + size], "little")
+        return int.from_bytes(self.read(address, size), "little")
+
+    def write(self, address: HostPhysAddr, data: bytes) -> PhysicalMemory:
+        """A new memory with ``data`` at ``address``; this one is unchanged."""
+        pages = dict(self.pages)
+        a, pos = int(address), 0
+        while pos < len(data):
+            number, off = a >> PAGE_OFFSET_BITS, a & _OFFSET_MASK
+            n = min(len(data) - pos, PAGE_SIZE - off)
+            page = pages.get(number, _ZERO_PAGE)
+            pages[number] = page[:off] + data[pos:pos + n] + page[off + n:]
+            a, pos = a + n, pos + n
+        return PhysicalMemory(pages)
+
+    def write_int(self, address: HostPhysAddr, size: int, value: int) -> PhysicalMemory:
+        """A new memory with the little-endian ``size``-byte ``value`` at ``address``."""
+        if size < 1 or not 0 <= value <= mask(8 * size):
+            raise ValueError(f"{value:#x} is not an unsigned {size}-byte value")
+        return self.write(address, value.to_bytes(size, "little"))
+
+    def set_bits(self, updates: Iterable[tuple[HostPhysAddr, int, int]]) -> PhysicalMemory:
+        """A new memory where each ``(address, size, bits)`` has ``bits`` ORed into the
+        ``size``-byte value at ``address`` (how the processor sets accessed and dirty flags)."""
+        memory = self
+        for address, size, bits in updates:
+            old = memory.read_int(address, size)
+            if old | bits != old:
+                memory = memory.write_int(address, size, old | bits)
+        return memory
+
+    def page_numbers(self) -> list[int]:
+        """The numbers of the pages ever written, in order."""
+        return sorted(self.pages)
