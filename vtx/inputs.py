@@ -11,9 +11,6 @@ from typing import Any
 
 from vtx.bits import mask, parse_int
 from vtx.errors import InputError
-from vtx.paging.memory import HostPhysAddr, PhysicalMemory
-
-MAX_VALUE_BYTES = 8
 
 
 def json_int(value: object, where: str, bits: int = 64) -> int:
@@ -57,39 +54,3 @@ def check_keys(doc: object, allowed: tuple[str, ...], where: str = "input") -> M
         if k not in allowed:
             raise InputError(k, repr(doc[k]), f"unknown key (expected one of {', '.join(allowed)})")
     return doc
-
-
-def parse_memory(items: object) -> PhysicalMemory:
-    """The ``memory`` list: ``{"address", "size", "value"}`` items (``value`` a little-endian
-    integer of ``size`` bytes, 1 to 8) or ``{"address", "bytes": "<hex>"}`` for longer runs."""
-    if items is None:
-        return PhysicalMemory()
-    if not isinstance(items, list):
-        raise InputError("memory", type(items).__name__, "must be a list of {address, size, value} objects")
-    writes: list[tuple[HostPhysAddr, bytes]] = []
-    for i, item in enumerate(items):
-        where = f"memory[{i}]"
-        if not isinstance(item, dict):
-            raise InputError(where, repr(item), "must be an object")
-        extra = set(item) - {"address", "size", "value", "bytes"}
-        if extra:
-            raise InputError(f"{where}.{sorted(extra)[0]}", "?", "unknown key (address, size, value, bytes)")
-        if "address" not in item:
-            raise InputError(f"{where}.address", "missing", "required key")
-        address = json_int(item["address"], f"{where}.address")
-        if "bytes" in item:
-            if "value" in item or "size" in item:
-                raise InputError(where, "bytes with value/size", "give either bytes or size and value")
-            try:
-                data = bytes.fromhex(str(item["bytes"]))
-            except ValueError as e:
-                raise InputError(f"{where}.bytes", repr(item["bytes"]), "must be a hex string") from e
-        else:
-            if "value" not in item:
-                raise InputError(f"{where}.value", "missing", "required key (or bytes)")
-            size = json_int(item.get("size", MAX_VALUE_BYTES), f"{where}.size")
-            if not 1 <= size <= MAX_VALUE_BYTES:
-                raise InputError(f"{where}.size", size, "must be 1 to 8 bytes")
-            data = json_int(item["value"], f"{where}.value", 8 * size).to_bytes(size, "little")
-        writes.append((HostPhysAddr(address), data))
-    return PhysicalMemory.from_writes(writes)

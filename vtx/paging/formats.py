@@ -17,7 +17,7 @@ import attrs
 from vtx.bits import BitRange
 from vtx.citation import Citation
 from vtx.errors import SpecError
-from vtx.spec import Catalogue, _bits, _Table
+from vtx.spec import REGISTERS, Catalogue, _bits, _Table
 
 LARGE_KINDS = ("leaf", "never", "always", "cr4.pse", "1gb_pages")
 """How a guest paging level may map a page (see spec/paging/guest.toml)."""
@@ -183,13 +183,15 @@ def _level(t: _Table, kind: str, r: Mapping[str, Any], where: str, large_kinds: 
     )
 
 
+_TRANSLATION_REGISTERS = ("CR0", "CR3", "CR4", "IA32_EFER", "RFLAGS")
+_REGISTER_NAMES = {"IA32_EFER": "efer"}
+
+
 def _load_guest() -> GuestPagingFormats:
     t = _Table("paging/guest.toml")
-    regs = {}
-    for r in t.rows("register_bit"):
-        where = t.where("register_bit", r)
-        regs[(r["register"], r["name"])] = BitField(r["name"], _bits(r["bits"], where), r["title"],
-                                                    t.cite("register_bit", r))
+    regs = {(_REGISTER_NAMES.get(reg.name, reg.name.lower()), b.name.lower()):
+            BitField(b.name.lower(), b.bits, b.title, reg.citation)
+            for reg in REGISTERS if reg.name in _TRANSLATION_REGISTERS for b in reg.bits}
     modes = []
     for m in t.rows("mode"):
         where = t.where("mode", m)

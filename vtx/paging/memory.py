@@ -18,6 +18,8 @@ from typing import NewType
 import attrs
 
 from vtx.bits import mask
+from vtx.errors import InputError
+from vtx.inputs import json_int
 from vtx.paging.formats import PAGE_OFFSET_BITS, PAGE_SIZE
 
 HostPhysAddr = NewType("HostPhysAddr", int)
@@ -111,3 +113,43 @@ class PhysicalMemory:
     def page_numbers(self) -> list[int]:
         """The numbers of the pages ever written, in order."""
         return sorted(self.pages)
+
+
+MAX_VALUE_BYTES = 8
+"""The widest ``value`` a ``memory`` item of the JSON formats may give (wider runs use ``bytes``)."""
+
+
+def parse_memory(items: object) -> PhysicalMemory:
+    """The ``memory`` list: ``{"address", "size", "value"}`` items (``value`` a little-endian
+    integer of ``size`` bytes, 1 to 8) or ``{"address", "bytes": "<hex>"}`` for longer runs."""
+    if items is None:
+        return PhysicalMemory()
+    if not isinstance(items, list):
+        raise InputError("memory", type(items).__name__, "must be a list of {address, size, value} objects")
+    writes: list[tuple[HostPhysAddr, bytes]] = []
+    for i, item in enumerate(items):
+        where = f"memory[{i}]"
+        if not isinstance(item, dict):
+            raise InputError(where, repr(item), "must be an object")
+        extra = set(item) - {"address", "size", "value", "bytes"}
+        if extra:
+            raise InputError(f"{where}.{sorted(extra)[0]}", "?", "unknown key (address, size, value, bytes)")
+        if "address" not in item:
+            raise InputError(f"{where}.address", "missing", "required key")
+        address = json_int(item["address"], f"{where}.address")
+        if "bytes" in item:
+            if "value" in item or "size" in item:
+                raise InputError(where, "bytes with value/size", "give either bytes or size and value")
+            try:
+                data = bytes.fromhex(str(item["bytes"]))
+            except ValueError as e:
+                raise InputError(f"{where}.bytes", repr(item["bytes"]), "must be a hex string") from e
+        else:
+            if "value" not in item:
+                raise InputError(f"{where}.value", "missing", "required key (or bytes)")
+            size = json_int(item.get("size", MAX_VALUE_BYTES), f"{where}.size")
+            if not 1 <= size <= MAX_VALUE_BYTES:
+                raise InputError(f"{where}.size", size, "must be 1 to 8 bytes")
+            data = json_int(item["value"], f"{where}.value", 8 * size).to_bytes(size, "little")
+        writes.append((HostPhysAddr(address), data))
+    return PhysicalMemory.from_writes(writes)

@@ -17,12 +17,12 @@ import attrs
 
 from vtx import spec
 from vtx.errors import InputError
-from vtx.inputs import json_int, json_object, parse_memory
+from vtx.inputs import json_int, json_object
 from vtx.paging import guest, npt, walk2d
 from vtx.paging.ept import ept_from_eptp
 from vtx.paging.formats import EPT, EPT_VIOLATION_QUALIFICATION, GUEST, NPT, PAGE_OFFSET_BITS
 from vtx.paging.guest import Access, AccessKind, PagingFeatures, PagingState
-from vtx.paging.memory import PhysicalMemory
+from vtx.paging.memory import PhysicalMemory, parse_memory
 from vtx.paging.outcomes import (
     EptMisconfig,
     EptViolation,

@@ -36,6 +36,7 @@ from vtx.conditions import (
     VmFunctionAllowed,
 )
 from vtx.errors import InputError, NotEvaluable
+from vtx.inputs import json_int
 from vtx.spec import CAPABILITY_MSRS, CONTROL_FIELDS, CPUID_FACTS, MsrFormat, VmcsField
 
 PRESET_DIR = spec.SPEC_DIR / "presets"
@@ -71,16 +72,6 @@ def normalize_leaf_key(key: str) -> str:
     except ValueError as e:
         raise InputError("cpuid", repr(key), "a leaf key is '<leaf>[.<subleaf>]', e.g. '0x7.0'") from e
     return f"{leaf:#x}" + (f".{sub}" if sub is not None else "")
-
-
-def _u(value: object, where: str, bits: int) -> int:
-    try:
-        v = parse_int(value)
-    except ValueError as e:
-        raise InputError(where, repr(value), f"must be an integer or hex string ({e})") from e
-    if not 0 <= v <= mask(bits):
-        raise InputError(where, hex(v), f"must be an unsigned {bits}-bit value")
-    return v
 
 
 @attrs.frozen
@@ -136,7 +127,7 @@ class Capabilities:
                     if any(normalize_leaf_key(k) == fact.leaf_key for k in value):
                         facts[fact.name] = _derive_fact(fact, cpuid[fact.leaf_key])
             elif key in CAPABILITY_MSRS:
-                msrs[key] = _u(value, f"{where}.{key}", 64)
+                msrs[key] = json_int(value, f"{where}.{key}", 64)
             elif key in CPUID_FACTS:
                 fact = CPUID_FACTS[key]
                 given_facts[key] = _fact_value(fact, value, f"{where}.{key}")
@@ -347,7 +338,7 @@ def _msr_name(key: str | int) -> str:
 def _leaf(regs: object, where: str) -> CpuidLeaf:
     if not isinstance(regs, dict) or set(regs) - set(REGISTERS):
         raise InputError(where, repr(regs), "a CPUID leaf is an object with keys eax, ebx, ecx, edx")
-    return CpuidLeaf(**{r: _u(regs.get(r, 0), f"{where}.{r}", 32) for r in REGISTERS})
+    return CpuidLeaf(**{r: json_int(regs.get(r, 0), f"{where}.{r}", 32) for r in REGISTERS})
 
 
 def _derive_fact(fact: spec.CpuidFact, leaf: CpuidLeaf) -> int:
@@ -358,9 +349,9 @@ def _fact_value(fact: spec.CpuidFact, value: object, where: str) -> int:
     if fact.kind == "bool":
         if isinstance(value, bool):
             return int(value)
-        v = _u(value, where, 1)
+        v = json_int(value, where, 1)
         return v
-    return _u(value, where, fact.bits.width)
+    return json_int(value, where, fact.bits.width)
 
 
 _EMPTY = Capabilities("empty")

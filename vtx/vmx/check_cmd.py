@@ -19,8 +19,9 @@ import attrs
 
 from vtx import spec
 from vtx.errors import InputError
-from vtx.inputs import check_keys, json_bool, json_int, json_object, parse_memory
+from vtx.inputs import check_keys, json_bool, json_int, json_object
 from vtx.outcomes import InstructionOutcome, VmEntered, VmEntryFailed, VmFailInvalid, VmFailValid
+from vtx.paging.memory import parse_memory
 from vtx.spec import VMCS_FIELDS
 from vtx.vmx import instructions
 from vtx.vmx.capabilities import Capabilities, load_preset, preset_names, read_json, resolve_capabilities
