@@ -7,6 +7,7 @@ import collections
 from vtx import spec
 from vtx.vmx.entry import FAILURE_ORDER, REGISTRY
 from vtx.vmx.entry.catalogue import ENTRY_CHECKS
+from vtx.vmx.instructions import BASIC_CHECKS
 
 
 def test_catalogue_rows_are_well_formed() -> None:
@@ -32,3 +33,11 @@ def test_pdpte_and_link_pointer_rows_carry_their_qualifications() -> None:
         by_group[row.group].add(row.qualification)
     assert by_group["guest_pdptes"] == {2}
     assert 4 in by_group["guest_non_register"]
+
+
+def test_every_catalogue_row_is_implemented_once() -> None:
+    """Each row is either a registered check or a basic check of the VMLAUNCH / VMRESUME
+    pseudocode (vtx.vmx.instructions.BASIC_CHECKS), never both, never neither."""
+    registered, basic = set(REGISTRY), set(BASIC_CHECKS)
+    assert not registered & basic
+    assert registered | basic == set(ENTRY_CHECKS.keys())

@@ -277,6 +277,20 @@ def vmwrite(state: LogicalProcessor, caps: Capabilities, encoding: int, value: i
 
 # ----------------------------------------------------------------------------- VMLAUNCH / VMRESUME
 
+BASIC_CHECKS = {
+    "basic.vmx_operation": "_prologue: #UD outside VMX operation",
+    "basic.operating_mode": "_prologue: #UD with CR0.PE = 0, in virtual-8086 or compatibility mode",
+    "basic.non_root_exit": "_prologue: VM exit in VMX non-root operation",
+    "basic.cpl": "_prologue: #GP(0) at CPL > 0",
+    "basic.current_vmcs": "_vm_entry: VMfailInvalid without a current VMCS",
+    "basic.not_shadow_vmcs": "_vm_entry: VMfailInvalid when the current VMCS is a shadow VMCS",
+    "basic.mov_ss_blocking": "_vm_entry: VMfailValid(26) with blocking by MOV SS",
+    "basic.vmlaunch_clear": "_vm_entry: VMfailValid(4) for VMLAUNCH of a VMCS that is not clear",
+    "basic.vmresume_launched": "_vm_entry: VMfailValid(5) for VMRESUME of a VMCS that is not launched",
+}
+"""The catalogue's basic VM-entry checks (SDM Vol. 3C §28.1 "Basic VM-Entry Checks"): they are
+branches of the VMLAUNCH / VMRESUME pseudocode below, not registered checks."""
+
 
 def _vm_entry(state: LogicalProcessor, caps: Capabilities, instruction: str) -> Step:
     if (early := _prologue(state, caps, instruction)) is not None:

@@ -284,7 +284,10 @@ def link_context(regions: Mapping[int, Vmcs | VmxonRegion] | None = None, *, in_
 
 
 def with_link(link: int, caps: Capabilities = SKYLAKE, *, features: tuple[str, ...] = ()) -> Vmcs:
-    return build_template("long-mode", caps, features=features).with_fields({"VMCS_LINK_POINTER": link})
+    """The template with the VMCS link pointer ``link``; in SMM contexts the entry returns to VMX
+    root operation (executive-VMCS pointer = VMXON pointer)."""
+    return build_template("long-mode", caps, features=features).with_fields(
+        {"VMCS_LINK_POINTER": link, "EXECUTIVE_VMCS_POINTER": VMXON})
 
 
 LINK_REJECTS: list[tuple[str, Vmcs, Capabilities, EntryContext]] = [

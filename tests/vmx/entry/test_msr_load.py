@@ -11,6 +11,7 @@ from vtx.spec import reg_bit
 from vtx.vmx.capabilities import Capabilities, load_preset
 from vtx.vmx.entry import EntryContext, EntryVerdict, evaluate_vm_entry
 from vtx.vmx.entry.msr_load import ENTRY_BYTES, MSR_INDICES, first_refused_entry
+from vtx.vmx.operation import VmxonRegion
 from vtx.vmx.templates import build_template
 from vtx.vmx.vmcs import Vmcs
 
@@ -43,7 +44,9 @@ def load_area(*entries: int, caps: Capabilities = SKYLAKE, in_smm: bool = False)
         memory = memory.write_int(AREA + i * ENTRY_BYTES, ENTRY_BYTES, e)
     vmcs = build_template("long-mode", caps).with_fields(
         {"VM_ENTRY_MSR_LOAD_COUNT": len(entries), "VM_ENTRY_MSR_LOAD_ADDR": AREA})
-    return vmcs, EntryContext(memory=memory, in_smm=in_smm)
+    # in SMM: the executive-VMCS pointer field (0) is the VMXON pointer, a return to VMX root operation
+    smm = {"vmxon_pointer": 0, "regions": {0: VmxonRegion(caps.msr_field("IA32_VMX_BASIC", "vmcs_revision_id") or 0)}}
+    return vmcs, EntryContext(memory=memory, in_smm=in_smm, **(smm if in_smm else {}))  # type: ignore[arg-type]
 
 
 def verdict(*entries: int, caps: Capabilities = SKYLAKE, in_smm: bool = False) -> EntryVerdict:

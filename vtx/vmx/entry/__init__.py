@@ -31,10 +31,17 @@ from vtx.vmx.entry.catalogue import ENTRY_CHECKS, EntryCheckSpec
 from vtx.vmx.operation import LogicalProcessor, MemoryReader, Region, region_header
 from vtx.vmx.vmcs import Vmcs
 
-FAILURE_ORDER = ("vmfail_valid_7", "vmfail_valid_8", "exit_33", "exit_34")
+FAILURE_ORDER = ("vmfail_valid_7", "vmfail_valid_8", "vmfail_valid_16", "vmfail_valid_17", "vmfail_valid_18",
+                 "vmfail_valid_25", "exit_33", "exit_34")
 """The failures the registered checks produce, in vtx's order: the first one with a violation
-decides the outcome. 7 and 8 may come in either order on real processors."""
-ANY_ORDER = frozenset({"vmfail_valid_7", "vmfail_valid_8"})
+decides the outcome. The VMfailValid class (7, 8, and 16, 17, 18, 25 for entries that return from
+SMM) may come in any order on real processors."""
+ANY_ORDER = frozenset(f for f in FAILURE_ORDER if f.startswith("vmfail_valid_"))
+_VMFAIL_ERRORS = {"vmfail_valid_7": "ENTRY_INVALID_CONTROL_FIELD", "vmfail_valid_8": "ENTRY_INVALID_HOST_STATE_FIELD",
+                  "vmfail_valid_16": "ENTRY_INVALID_EXECUTIVE_VMCS_POINTER",
+                  "vmfail_valid_17": "ENTRY_NONLAUNCHED_EXECUTIVE_VMCS",
+                  "vmfail_valid_18": "ENTRY_EXECUTIVE_VMCS_POINTER_NOT_VMXON_POINTER",
+                  "vmfail_valid_25": "ENTRY_INVALID_VM_EXECUTION_CONTROL_FIELDS_IN_EXECUTIVE_VMCS"}
 
 
 @attrs.frozen
@@ -154,10 +161,8 @@ def _violation(row: EntryCheckSpec, found: str | Finding) -> Violation:
 
 def _outcome(v: Violation) -> EntryOutcome:
     row = v.check
-    if row.failure == "vmfail_valid_7":
-        return VmFailValid(spec.get_error("ENTRY_INVALID_CONTROL_FIELD"))
-    if row.failure == "vmfail_valid_8":
-        return VmFailValid(spec.get_error("ENTRY_INVALID_HOST_STATE_FIELD"))
+    if row.failure in _VMFAIL_ERRORS:
+        return VmFailValid(spec.get_error(_VMFAIL_ERRORS[row.failure]))
     reason = "INVALID_STATE" if row.failure == "exit_33" else "MSR_LOAD_FAIL"
     return VmEntryFailed(spec.get_exit_reason(reason), v.qualification or 0)
 
@@ -228,8 +233,9 @@ from vtx.vmx.entry import (  # noqa: E402
     guest_state,
     host_state,
     msr_load,
+    smm,
 )
 
 __all__ = ["FAILURE_ORDER", "REGISTRY", "EntryContext", "EntryVerdict", "Finding", "Violation", "entry_check",
            "evaluate_vm_entry", "exec_controls", "exit_entry_controls", "guest_non_register", "guest_segments",
-           "guest_state", "host_state", "msr_load"]
+           "guest_state", "host_state", "msr_load", "smm"]

@@ -6,21 +6,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol
 
-import attrs
-
 from vtx.bits import BitRange, fits_physical_width, mask
-from vtx.conditions import ControlAllowed
 from vtx.errors import NotEvaluable
-from vtx.spec import CONTROL_FIELDS, VM_FUNCTIONS, VMCS_FIELDS, VmcsField, get_control, reg_bit
+from vtx.spec import VM_FUNCTIONS, VMCS_FIELDS, VmcsField, reg_bit
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import EntryContext, entry_check
+from vtx.vmx.entry.common import control_flag, required_msr_field, vmcs_fields
 from vtx.vmx.eptp import EPTP
 from vtx.vmx.operation import physical_address_width
 from vtx.vmx.vmcs import Vmcs
 
 # ----------------------------------------------------------------------------- control settings
-
-_PROC = VMCS_FIELDS["CPU_BASED_VM_EXEC_CONTROL"]
 
 
 class _Gate(Protocol):
@@ -31,67 +27,35 @@ class _Gate(Protocol):
     def describe(self, vmcs: Vmcs) -> str: ...
 
 
-@attrs.frozen
-class _Flag:
-    """One control as VM entry applies it: a secondary or tertiary control reads 0 while the
-    primary control that activates its field is 0 (the field is then neither checked nor used)."""
-
-    field: VmcsField
-    mask: int
-    title: str
-    activator: int  # the primary processor-based control that activates the field; 0 if none
-
-    def on(self, vmcs: Vmcs) -> bool:
-        if self.activator and not vmcs.get(_PROC) & self.activator:
-            return False
-        return bool(vmcs.get(self.field) & self.mask)
-
-    def describe(self, vmcs: Vmcs) -> str:
-        """The control's title and the field that holds it, with the field's value."""
-        inactive = self.activator and not vmcs.get(_PROC) & self.activator
-        return (f"'{self.title}' ({self.field.name} = {vmcs.get(self.field):#x}"
-                + (", not activated)" if inactive else ")"))
-
-
-def _flag(field_key: str, name: str) -> _Flag:
-    cf = CONTROL_FIELDS[field_key]
-    activator = 0
-    for term in cf.enabled_by.terms:  # "exists only if ctl:proc.activate_..._controls"
-        if isinstance(term, ControlAllowed):
-            activator = get_control(term.field, term.control).mask
-    control = get_control(field_key, name)
-    return _Flag(cf.vmcs_field, control.mask, control.title, activator)
-
-
-_EXTERNAL_INTERRUPT_EXITING = _flag("pin", "external_interrupt_exiting")
-_NMI_EXITING = _flag("pin", "nmi_exiting")
-_VIRTUAL_NMIS = _flag("pin", "virtual_nmis")
-_PROCESS_POSTED_INTERRUPTS = _flag("pin", "process_posted_interrupts")
-_USE_TPR_SHADOW = _flag("proc", "use_tpr_shadow")
-_NMI_WINDOW_EXITING = _flag("proc", "nmi_window_exiting")
-_USE_IO_BITMAPS = _flag("proc", "use_io_bitmaps")
-_USE_MSR_BITMAPS = _flag("proc", "use_msr_bitmaps")
-_VIRTUALIZE_APIC_ACCESSES = _flag("proc2", "virtualize_apic_accesses")
-_ENABLE_EPT = _flag("proc2", "enable_ept")
-_VIRTUALIZE_X2APIC_MODE = _flag("proc2", "virtualize_x2apic_mode")
-_ENABLE_VPID = _flag("proc2", "enable_vpid")
-_UNRESTRICTED_GUEST = _flag("proc2", "unrestricted_guest")
-_APIC_REGISTER_VIRTUALIZATION = _flag("proc2", "apic_register_virtualization")
-_VIRTUAL_INTERRUPT_DELIVERY = _flag("proc2", "virtual_interrupt_delivery")
-_ENABLE_VM_FUNCTIONS = _flag("proc2", "enable_vm_functions")
-_VMCS_SHADOWING = _flag("proc2", "vmcs_shadowing")
-_ENABLE_PML = _flag("proc2", "enable_pml")
-_EPT_VIOLATION_VE = _flag("proc2", "ept_violation_ve")
-_PASID_TRANSLATION = _flag("proc2", "pasid_translation")
-_MODE_BASED_EPT_EXEC = _flag("proc2", "mode_based_execute_control_for_ept")
-_SPP = _flag("proc2", "sub_page_write_permissions_for_ept")
-_PT_USES_GPA = _flag("proc2", "pt_uses_guest_physical_addresses")
-_USE_TSC_SCALING = _flag("proc2", "use_tsc_scaling")
-_ENABLE_HLAT = _flag("proc3", "enable_hlat")
-_IPI_VIRTUALIZATION = _flag("proc3", "ipi_virtualization")
-_ACK_INTERRUPT_ON_EXIT = _flag("exit", "acknowledge_interrupt_on_exit")
-_CLEAR_IA32_RTIT_CTL = _flag("exit", "clear_ia32_rtit_ctl")
-_LOAD_IA32_RTIT_CTL = _flag("entry", "load_ia32_rtit_ctl")
+_EXTERNAL_INTERRUPT_EXITING = control_flag("pin", "external_interrupt_exiting")
+_NMI_EXITING = control_flag("pin", "nmi_exiting")
+_VIRTUAL_NMIS = control_flag("pin", "virtual_nmis")
+_PROCESS_POSTED_INTERRUPTS = control_flag("pin", "process_posted_interrupts")
+_USE_TPR_SHADOW = control_flag("proc", "use_tpr_shadow")
+_NMI_WINDOW_EXITING = control_flag("proc", "nmi_window_exiting")
+_USE_IO_BITMAPS = control_flag("proc", "use_io_bitmaps")
+_USE_MSR_BITMAPS = control_flag("proc", "use_msr_bitmaps")
+_VIRTUALIZE_APIC_ACCESSES = control_flag("proc2", "virtualize_apic_accesses")
+_ENABLE_EPT = control_flag("proc2", "enable_ept")
+_VIRTUALIZE_X2APIC_MODE = control_flag("proc2", "virtualize_x2apic_mode")
+_ENABLE_VPID = control_flag("proc2", "enable_vpid")
+_UNRESTRICTED_GUEST = control_flag("proc2", "unrestricted_guest")
+_APIC_REGISTER_VIRTUALIZATION = control_flag("proc2", "apic_register_virtualization")
+_VIRTUAL_INTERRUPT_DELIVERY = control_flag("proc2", "virtual_interrupt_delivery")
+_ENABLE_VM_FUNCTIONS = control_flag("proc2", "enable_vm_functions")
+_VMCS_SHADOWING = control_flag("proc2", "vmcs_shadowing")
+_ENABLE_PML = control_flag("proc2", "enable_pml")
+_EPT_VIOLATION_VE = control_flag("proc2", "ept_violation_ve")
+_PASID_TRANSLATION = control_flag("proc2", "pasid_translation")
+_MODE_BASED_EPT_EXEC = control_flag("proc2", "mode_based_execute_control_for_ept")
+_SPP = control_flag("proc2", "sub_page_write_permissions_for_ept")
+_PT_USES_GPA = control_flag("proc2", "pt_uses_guest_physical_addresses")
+_USE_TSC_SCALING = control_flag("proc2", "use_tsc_scaling")
+_ENABLE_HLAT = control_flag("proc3", "enable_hlat")
+_IPI_VIRTUALIZATION = control_flag("proc3", "ipi_virtualization")
+_ACK_INTERRUPT_ON_EXIT = control_flag("exit", "acknowledge_interrupt_on_exit")
+_CLEAR_IA32_RTIT_CTL = control_flag("exit", "clear_ia32_rtit_ctl")
+_LOAD_IA32_RTIT_CTL = control_flag("entry", "load_ia32_rtit_ctl")
 
 _EPTP_SWITCHING = VM_FUNCTIONS["eptp_switching"]
 _EPTP_SWITCHING_MASK = 1 << _EPTP_SWITCHING.number
@@ -117,10 +81,6 @@ _64_BYTE_ALIGNED = BitRange(0, 5)
 _8_BYTE_ALIGNED = BitRange(0, 2)
 
 
-def _fields(*names: str) -> tuple[VmcsField, ...]:
-    return tuple(VMCS_FIELDS[n] for n in names)
-
-
 def _misaligned(vmcs: Vmcs, fields: tuple[VmcsField, ...], low: BitRange, control: _Gate) -> Iterator[str]:
     """Each address in ``fields`` must have bits ``low`` clear while ``control`` is 1."""
     if not control.on(vmcs):
@@ -143,19 +103,19 @@ def _beyond_width(vmcs: Vmcs, caps: Capabilities, fields: tuple[VmcsField, ...],
                    f"width ({width} bits) while {control.describe(vmcs)} is 1")
 
 
-_IO_BITMAPS = _fields("IO_BITMAP_A", "IO_BITMAP_B")
-_MSR_BITMAP = _fields("MSR_BITMAP")
-_VIRTUAL_APIC_PAGE = _fields("VIRTUAL_APIC_PAGE_ADDR")
-_APIC_ACCESS = _fields("APIC_ACCESS_ADDR")
-_PI_DESCRIPTOR = _fields("POSTED_INTR_DESC_ADDR")
-_PML = _fields("PML_ADDRESS")
-_SPPTP = _fields("SUB_PAGE_PERMISSION_TABLE_POINTER")
-_EPTP_LIST = _fields("EPTP_LIST_ADDRESS")
-_VMCS_SHADOWING_BITMAPS = _fields("VMREAD_BITMAP", "VMWRITE_BITMAP")
-_VE_INFORMATION = _fields("VE_INFORMATION_ADDRESS")
-_HLATP = _fields("HLAT_POINTER")
-_PASID_DIRECTORIES = _fields("LOW_PASID_DIRECTORY_ADDRESS", "HIGH_PASID_DIRECTORY_ADDRESS")
-_PID_POINTER_TABLE = _fields("PID_POINTER_TABLE")
+_IO_BITMAPS = vmcs_fields("IO_BITMAP_A", "IO_BITMAP_B")
+_MSR_BITMAP = vmcs_fields("MSR_BITMAP")
+_VIRTUAL_APIC_PAGE = vmcs_fields("VIRTUAL_APIC_PAGE_ADDR")
+_APIC_ACCESS = vmcs_fields("APIC_ACCESS_ADDR")
+_PI_DESCRIPTOR = vmcs_fields("POSTED_INTR_DESC_ADDR")
+_PML = vmcs_fields("PML_ADDRESS")
+_SPPTP = vmcs_fields("SUB_PAGE_PERMISSION_TABLE_POINTER")
+_EPTP_LIST = vmcs_fields("EPTP_LIST_ADDRESS")
+_VMCS_SHADOWING_BITMAPS = vmcs_fields("VMREAD_BITMAP", "VMWRITE_BITMAP")
+_VE_INFORMATION = vmcs_fields("VE_INFORMATION_ADDRESS")
+_HLATP = vmcs_fields("HLAT_POINTER")
+_PASID_DIRECTORIES = vmcs_fields("LOW_PASID_DIRECTORY_ADDRESS", "HIGH_PASID_DIRECTORY_ADDRESS")
+_PID_POINTER_TABLE = vmcs_fields("PID_POINTER_TABLE")
 
 _CR3_TARGET_COUNT = VMCS_FIELDS["CR3_TARGET_COUNT"]
 _TPR_THRESHOLD = VMCS_FIELDS["TPR_THRESHOLD"]
@@ -176,10 +136,7 @@ _HLAT_PREFIX_SIZE = VMCS_FIELDS["HLAT_PREFIX_SIZE"]
 
 def _ept_capability(caps: Capabilities, bitfield: str) -> int:
     """A bit field of IA32_VMX_EPT_VPID_CAP, or NotEvaluable when the profile lacks the MSR."""
-    value = caps.msr_field("IA32_VMX_EPT_VPID_CAP", bitfield)
-    if value is None:
-        raise NotEvaluable("EPT_POINTER", bitfield, "the profile lacks IA32_VMX_EPT_VPID_CAP")
-    return value
+    return required_msr_field(caps, "IA32_VMX_EPT_VPID_CAP", bitfield, "EPT_POINTER")
 
 
 # ----------------------------------------------------------------------------- the checks
@@ -382,7 +339,7 @@ def check_eptp_page_walk_length(vmcs: Vmcs, caps: Capabilities, ctx: EntryContex
                f"IA32_VMX_EPT_VPID_CAP allows")
 
 
-def _eptp_flag(vmcs: Vmcs, caps: Capabilities, flag: BitRange, capability: str, title: str) -> Iterator[str]:
+def _eptpcontrol_flag(vmcs: Vmcs, caps: Capabilities, flag: BitRange, capability: str, title: str) -> Iterator[str]:
     """With 'enable EPT' 1, EPTP bit ``flag`` is 0 unless IA32_VMX_EPT_VPID_CAP.``capability`` is 1."""
     if not _ENABLE_EPT.on(vmcs):
         return
@@ -394,14 +351,14 @@ def _eptp_flag(vmcs: Vmcs, caps: Capabilities, flag: BitRange, capability: str, 
 @entry_check("controls.eptp.accessed_dirty")
 def check_eptp_accessed_dirty(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'enable EPT' 1, EPTP bit 6 (EPT accessed and dirty flags) is 0 unless the processor supports them."""
-    yield from _eptp_flag(vmcs, caps, EPTP.accessed_dirty, EPTP.accessed_dirty_capability,
+    yield from _eptpcontrol_flag(vmcs, caps, EPTP.accessed_dirty, EPTP.accessed_dirty_capability,
                           "accessed and dirty flags")
 
 
 @entry_check("controls.eptp.supervisor_shadow_stack")
 def check_eptp_supervisor_shadow_stack(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'enable EPT' 1, EPTP bit 7 (supervisor shadow-stack control) is 0 unless the processor supports it."""
-    yield from _eptp_flag(vmcs, caps, EPTP.supervisor_shadow_stack, EPTP.supervisor_shadow_stack_capability,
+    yield from _eptpcontrol_flag(vmcs, caps, EPTP.supervisor_shadow_stack, EPTP.supervisor_shadow_stack_capability,
                           "supervisor shadow-stack control")
 
 

@@ -19,7 +19,8 @@ from vtx.bits import BitRange
 from vtx.errors import NotEvaluable, SpecError
 from vtx.spec import VMCS_FIELDS, VmcsField, get_control, reg_bit
 from vtx.vmx.capabilities import Capabilities
-from vtx.vmx.entry import EntryContext, entry_check
+from vtx.vmx.entry import EntryContext, common, entry_check
+from vtx.vmx.entry.common import ia32e_guest_sets_cr4_fred, is_unrestricted_guest, required_msr_field
 from vtx.vmx.operation import physical_address_width
 from vtx.vmx.vmcs import Vmcs
 
@@ -87,8 +88,6 @@ _INFO = VMCS_FIELDS["VM_ENTRY_INTR_INFO_FIELD"]
 _ERROR_CODE = VMCS_FIELDS["VM_ENTRY_EXCEPTION_ERROR_CODE"]
 _INSTRUCTION_LEN = VMCS_FIELDS["VM_ENTRY_INSTRUCTION_LEN"]
 _PIN = VMCS_FIELDS["PIN_BASED_VM_EXEC_CONTROL"]
-_PROC = VMCS_FIELDS["CPU_BASED_VM_EXEC_CONTROL"]
-_PROC2 = VMCS_FIELDS["SECONDARY_VM_EXEC_CONTROL"]
 _EXIT_CONTROLS = VMCS_FIELDS["VM_EXIT_CONTROLS"]
 _ENTRY_CONTROLS = VMCS_FIELDS["VM_ENTRY_CONTROLS"]
 _GUEST_CR0 = VMCS_FIELDS["GUEST_CR0"]
@@ -114,15 +113,12 @@ _PENDING_MTF = next(v for v, name in FORMATS.other_events.items() if name == "pe
 
 _ACTIVATE_PREEMPTION_TIMER = get_control("pin", "activate_vmx_preemption_timer")
 _SAVE_PREEMPTION_TIMER = get_control("exit", "save_vmx_preemption_timer_value")
-_ACTIVATE_SECONDARY = get_control("proc", "activate_secondary_controls").mask
-_UNRESTRICTED_GUEST = get_control("proc2", "unrestricted_guest").mask
-_IA32E_MODE_GUEST = get_control("entry", "ia32e_mode_guest").mask
 _ENTRY_TO_SMM = get_control("entry", "entry_to_smm")
 _DEACTIVATE_DUAL_MONITOR = get_control("entry", "deactivate_dual_monitor_treatment")
 _SMM_CONTROLS = (_ENTRY_TO_SMM, _DEACTIVATE_DUAL_MONITOR)
 _CR0_PE = reg_bit("CR0", "PE").mask
-# CR4.FRED is bit 32 (FRED specification, "Enabling FRED"); spec/x86/registers.toml has no row for it yet.
-CR4_FRED = BitRange(32, 32).mask
+CR4_FRED = common.CR4_FRED
+"""CR4.FRED (bit 32), which with 'IA-32e mode guest' makes a guest use FRED transitions."""
 
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -134,19 +130,14 @@ def _event(info: int) -> str:
     return f"{_INFO.name} = {info:#x} (type {ty.value}, {ty.title}; vector {_VECTOR.get(info)})"
 
 
-def _is_unrestricted_guest(vmcs: Vmcs) -> bool:
-    """'Unrestricted guest' is 1 (a secondary control: 0 when secondary controls are not activated)."""
-    return bool(vmcs.get(_PROC) & _ACTIVATE_SECONDARY and vmcs.get(_PROC2) & _UNRESTRICTED_GUEST)
-
-
 def _guest_in_real_mode(vmcs: Vmcs) -> bool:
     """The guest will be in real-address mode: 'unrestricted guest' is 1 and guest CR0.PE is 0."""
-    return _is_unrestricted_guest(vmcs) and not vmcs.get(_GUEST_CR0) & _CR0_PE
+    return is_unrestricted_guest(vmcs) and not vmcs.get(_GUEST_CR0) & _CR0_PE
 
 
 def _guest_uses_fred(vmcs: Vmcs, caps: Capabilities) -> bool:
     """The guest will use FRED transitions: 'IA-32e mode guest' and guest CR4.FRED are 1 (on a processor with FRED)."""
-    if not (vmcs.get(_ENTRY_CONTROLS) & _IA32E_MODE_GUEST and vmcs.get(_GUEST_CR4) & CR4_FRED):
+    if not ia32e_guest_sets_cr4_fred(vmcs):
         return False
     return bool(caps.require_fact("CPUID_FRED"))
 
@@ -161,10 +152,7 @@ def _supports_mtf(caps: Capabilities) -> bool:
 
 def _basic_bit(caps: Capabilities, bitfield: str) -> bool:
     """A one-bit field of IA32_VMX_BASIC, or NotEvaluable when the profile lacks the MSR."""
-    value = caps.msr_field("IA32_VMX_BASIC", bitfield)
-    if value is None:
-        raise NotEvaluable(_INFO.name, bitfield, "the profile lacks IA32_VMX_BASIC")
-    return bool(value)
+    return bool(required_msr_field(caps, "IA32_VMX_BASIC", bitfield, _INFO.name))
 
 
 @attrs.frozen
@@ -400,12 +388,9 @@ def check_injection_instruction_length(vmcs: Vmcs, caps: Capabilities, ctx: Entr
     if length > FORMATS.max_instruction_length:
         yield (f"{_INSTRUCTION_LEN.name} = {length} exceeds {FORMATS.max_instruction_length} "
                f"(injecting {_event(info)})")
-    elif length == 0:
-        zero_allowed = caps.msr_field("IA32_VMX_MISC", "zero_length_injection")
-        if zero_allowed is None:
-            raise NotEvaluable(_INSTRUCTION_LEN.name, "0", "the profile lacks IA32_VMX_MISC")
-        if not zero_allowed:
-            yield f"{_INSTRUCTION_LEN.name} = 0 (injecting {_event(info)}) needs IA32_VMX_MISC[30]"
+    elif length == 0 and not required_msr_field(caps, "IA32_VMX_MISC", "zero_length_injection",
+                                                _INSTRUCTION_LEN.name, "0"):
+        yield f"{_INSTRUCTION_LEN.name} = 0 (injecting {_event(info)}) needs IA32_VMX_MISC[30]"
 
 
 @entry_check("controls.entry.event_injection.fred_instruction_length")
