@@ -11,6 +11,7 @@ import pytest
 from vtx import spec
 from vtx.errors import InputError, SpecError
 from vtx.spec import ENCODING, FieldType, FieldWidth
+from vtx.vmx.entry.catalogue import ENTRY_CHECKS
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -27,6 +28,7 @@ def test_public_counts_match_the_readme() -> None:
     assert len(spec.VM_INSTRUCTION_ERRORS) == readme_count("VM-instruction errors")
     assert len(spec.CONTROLS) == readme_count("Named VMX controls")
     assert len(spec.CAPABILITY_MSRS) == readme_count("Capability MSRs")
+    assert len(ENTRY_CHECKS) == readme_count("VM-entry checks (one per SDM rule)")
 
 
 # ----------------------------------------------------------------------------- fields
