@@ -58,7 +58,8 @@ def report(results: list[Result], path: Path) -> None:
     print(f"{'benchmark':44} {'median':>10} {'min':>10} {'max':>10}  unit   {'per second':>12} {'target':>10}")
     for r in results:
         target = f"{r.target_per_second:10,.0f} {r.verdict}" if r.target_per_second else ""
-        print(f"{r.name:44} {r.median:10.3f} {r.minimum:10.3f} {r.maximum:10.3f}  {r.unit} {r.per_second:12,.0f} {target}")
+        print(f"{r.name:44} {r.median:10.3f} {r.minimum:10.3f} {r.maximum:10.3f}  {r.unit} "
+              f"{r.per_second:12,.0f} {target}")
     data = {
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),

@@ -9,9 +9,16 @@ from typing import Any
 from vtx import spec
 from vtx.bits import mask
 from vtx.errors import NotEvaluable, SpecError
-from vtx.spec import POINTERS, REGION, REGISTERS, VMCS_FIELDS, get_control, reg_bit
+from vtx.spec import POINTERS, REGION, REGISTERS, VMCS_FIELDS, reg_bit
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import EntryContext, entry_check
+from vtx.vmx.entry.common import (
+    control_flag,
+    cpuid_support,
+    ia32e_guest_sets_cr4_fred,
+    is_ia32e_guest,
+    required_msr_field,
+)
 from vtx.vmx.operation import INVALID_POINTER, physical_address_width
 from vtx.vmx.vmcs import Vmcs
 
@@ -58,9 +65,6 @@ _SS_AR = VMCS_FIELDS["GUEST_SS_AR_BYTES"]
 _DEBUGCTL = VMCS_FIELDS["GUEST_IA32_DEBUGCTL"]
 _LINK = VMCS_FIELDS["VMCS_LINK_POINTER"]
 _ENTRY_CONTROLS = VMCS_FIELDS["VM_ENTRY_CONTROLS"]
-_PIN = VMCS_FIELDS["PIN_BASED_VM_EXEC_CONTROL"]
-_PROC = VMCS_FIELDS["CPU_BASED_VM_EXEC_CONTROL"]
-_PROC2 = VMCS_FIELDS["SECONDARY_VM_EXEC_CONTROL"]
 _CR0 = VMCS_FIELDS["GUEST_CR0"]
 _CR3 = VMCS_FIELDS["GUEST_CR3"]
 _CR4 = VMCS_FIELDS["GUEST_CR4"]
@@ -90,14 +94,11 @@ _BTF = reg_bit("IA32_DEBUGCTL", "BTF").mask
 _SS_DPL = reg_bit("VMCS_ACCESS_RIGHTS", "DPL").bits
 _CR0_PG = reg_bit("CR0", "PG").mask
 _CR4_PAE = reg_bit("CR4", "PAE").mask
-_CR4_FRED = reg_bit("CR4", "FRED").mask
 
-_ENTRY_TO_SMM = get_control("entry", "entry_to_smm").mask
-_IA32E_MODE_GUEST = get_control("entry", "ia32e_mode_guest").mask
-_VIRTUAL_NMIS = get_control("pin", "virtual_nmis").mask
-_SECONDARY = get_control("proc", "activate_secondary_controls").mask
-_VMCS_SHADOWING = get_control("proc2", "vmcs_shadowing").mask
-_ENABLE_EPT = get_control("proc2", "enable_ept").mask
+_ENTRY_TO_SMM = control_flag("entry", "entry_to_smm")
+_VIRTUAL_NMIS = control_flag("pin", "virtual_nmis")
+_VMCS_SHADOWING = control_flag("proc2", "vmcs_shadowing")
+_ENABLE_EPT = control_flag("proc2", "enable_ept")
 
 _PDPT_ADDRESS = reg_bit("CR3_PAE", "PDPT_ADDRESS").bits
 _PDPTE_BYTES = 8
@@ -107,11 +108,6 @@ _PDPTE_RESERVED = reg_bit("PAE_PDPTE", "RESERVED_2_1").mask | reg_bit("PAE_PDPTE
 
 
 # ----------------------------------------------------------------------------- shared helpers
-
-
-def _secondary_control_on(vmcs: Vmcs, control: int) -> bool:
-    """A secondary control as VM entry applies it: 0 while 'activate secondary controls' is 0."""
-    return bool(vmcs.get(_PROC) & _SECONDARY) and bool(vmcs.get(_PROC2) & control)
 
 
 def _activity_name(state: int) -> str:
@@ -129,14 +125,6 @@ def _injected(vmcs: Vmcs) -> tuple[int, int] | None:
 def _injects(vmcs: Vmcs, interruption_type: int) -> bool:
     event = _injected(vmcs)
     return event is not None and event[0] == interruption_type
-
-
-def _cpuid_support(caps: Capabilities, fact: str, where: str) -> bool:
-    """Whether the processor has feature ``fact`` (a spec/cpuid.toml fact); NotEvaluable if unknown."""
-    value = caps.fact(fact)
-    if value is None:
-        raise NotEvaluable(where, fact, "the profile does not say whether the processor has this feature")
-    return bool(value)
 
 
 def _ss_dpl(vmcs: Vmcs) -> int:
@@ -158,10 +146,7 @@ def check_activity_supported(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) 
         defined = ", ".join(f"{v} {n}" for v, n in ACTIVITY_STATES.items())
         yield f"{_activity_name(state)} is not an activity state ({defined})"
         return
-    supported = caps.msr_field("IA32_VMX_MISC", bitfield)
-    if supported is None:
-        raise NotEvaluable("GUEST_ACTIVITY_STATE", state, "the profile lacks IA32_VMX_MISC")
-    if not supported:
+    if not required_msr_field(caps, "IA32_VMX_MISC", bitfield, "GUEST_ACTIVITY_STATE", state):
         yield f"{_activity_name(state)} is not supported: IA32_VMX_MISC.{bitfield} is 0"
 
 
@@ -210,7 +195,7 @@ def check_activity_injection_allowed(vmcs: Vmcs, caps: Capabilities, ctx: EntryC
 @entry_check("guest.activity.no_wait_for_sipi_on_smm_entry")
 def check_activity_no_wait_for_sipi_on_smm_entry(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The activity state is not wait-for-SIPI when the 'entry to SMM' VM-entry control is 1."""
-    if vmcs.get(_ENTRY_CONTROLS) & _ENTRY_TO_SMM and vmcs.get(_ACTIVITY) == WAIT_FOR_SIPI:
+    if _ENTRY_TO_SMM.on(vmcs) and vmcs.get(_ACTIVITY) == WAIT_FOR_SIPI:
         yield f"{_activity_name(WAIT_FOR_SIPI)} with the 'entry to SMM' VM-entry control 1"
 
 
@@ -275,7 +260,7 @@ def check_interruptibility_smi_outside_smm(vmcs: Vmcs, caps: Capabilities, ctx: 
 def check_interruptibility_smi_on_smm_entry(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Blocking by SMI is 1 when the 'entry to SMM' VM-entry control is 1."""
     value = vmcs.get(_INTERRUPTIBILITY)
-    if vmcs.get(_ENTRY_CONTROLS) & _ENTRY_TO_SMM and not value & _SMI:
+    if _ENTRY_TO_SMM.on(vmcs) and not value & _SMI:
         yield (f"GUEST_INTERRUPTIBILITY_INFO = {value:#x} does not show blocking by SMI (bit 2) although the "
                "'entry to SMM' VM-entry control is 1")
 
@@ -289,7 +274,7 @@ def check_interruptibility_nmi_sti(vmcs: Vmcs, caps: Capabilities, ctx: EntryCon
 @entry_check("guest.interruptibility.virtual_nmi_blocking")
 def check_interruptibility_virtual_nmi_blocking(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Blocking by NMI is 0 when an NMI is injected and the 'virtual NMIs' control is 1."""
-    if vmcs.get(_PIN) & _VIRTUAL_NMIS:
+    if _VIRTUAL_NMIS.on(vmcs):
         yield from _blocking_on_injection(vmcs, NMI, _NMI_BLOCKING, "an NMI with 'virtual NMIs' 1")
 
 
@@ -306,7 +291,7 @@ def check_interruptibility_enclave_mov_ss(vmcs: Vmcs, caps: Capabilities, ctx: E
 def check_interruptibility_enclave_needs_sgx(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The enclave-interruption bit is 1 only on a processor that supports SGX."""
     value = vmcs.get(_INTERRUPTIBILITY)
-    if value & _ENCLAVE and not _cpuid_support(caps, "CPUID_SGX", "GUEST_INTERRUPTIBILITY_INFO"):
+    if value & _ENCLAVE and not cpuid_support(caps, "CPUID_SGX", "GUEST_INTERRUPTIBILITY_INFO"):
         yield f"GUEST_INTERRUPTIBILITY_INFO = {value:#x} sets enclave interruption (bit 4) but the processor lacks SGX"
 
 
@@ -314,8 +299,7 @@ def check_interruptibility_enclave_needs_sgx(vmcs: Vmcs, caps: Capabilities, ctx
 def check_interruptibility_fred_sti(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Blocking by STI is 0 when the guest will use FRED transitions and the SS DPL is 3."""
     value = vmcs.get(_INTERRUPTIBILITY)
-    fred = vmcs.get(_ENTRY_CONTROLS) & _IA32E_MODE_GUEST and vmcs.get(_CR4) & _CR4_FRED
-    if fred and _ss_dpl(vmcs) == 3 and value & _STI:
+    if ia32e_guest_sets_cr4_fred(vmcs) and _ss_dpl(vmcs) == 3 and value & _STI:
         yield (f"GUEST_INTERRUPTIBILITY_INFO = {value:#x} shows blocking by STI in a guest that will use FRED "
                "transitions with SS DPL 3")
 
@@ -363,7 +347,7 @@ def check_pending_debug_rtm_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryConte
 def check_pending_debug_rtm_needs_rtm(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """RTM (bit 16) of the pending-debug-exceptions field is 1 only on a processor that supports RTM."""
     value = vmcs.get(_PENDING_DBG)
-    if value & _RTM and not _cpuid_support(caps, "CPUID_RTM", "GUEST_PENDING_DBG_EXCEPTIONS"):
+    if value & _RTM and not cpuid_support(caps, "CPUID_RTM", "GUEST_PENDING_DBG_EXCEPTIONS"):
         yield f"GUEST_PENDING_DBG_EXCEPTIONS = {value:#x} sets RTM (bit 16) but the processor lacks RTM"
 
 
@@ -410,9 +394,7 @@ def check_vmcs_link_revision_id(vmcs: Vmcs, caps: Capabilities, ctx: EntryContex
     link = _link_pointer(vmcs)
     if link is None:
         return
-    expected = caps.msr_field("IA32_VMX_BASIC", "vmcs_revision_id")
-    if expected is None:
-        raise NotEvaluable("VMCS_LINK_POINTER", hex(link), "the profile lacks IA32_VMX_BASIC")
+    expected = required_msr_field(caps, "IA32_VMX_BASIC", "vmcs_revision_id", "VMCS_LINK_POINTER", hex(link))
     found = REGION.revision_id.get(ctx.region_header(link))
     if found != expected:
         yield (f"the region at VMCS_LINK_POINTER = {link:#x} has revision identifier {found:#x}, "
@@ -426,7 +408,7 @@ def check_vmcs_link_shadow_indicator(vmcs: Vmcs, caps: Capabilities, ctx: EntryC
     if link is None:
         return
     shadow = REGION.shadow_indicator.get(ctx.region_header(link))
-    shadowing = int(_secondary_control_on(vmcs, _VMCS_SHADOWING))
+    shadowing = int(_VMCS_SHADOWING.on(vmcs))
     if shadow != shadowing:
         yield (f"the region at VMCS_LINK_POINTER = {link:#x} has shadow-VMCS indicator {shadow} but the "
                f"'VMCS shadowing' control is {shadowing}")
@@ -436,7 +418,7 @@ def check_vmcs_link_shadow_indicator(vmcs: Vmcs, caps: Capabilities, ctx: EntryC
 def check_vmcs_link_not_current_vmcs(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Outside SMM, or with 'entry to SMM' 1, the VMCS link pointer is not the current-VMCS pointer."""
     link = _link_pointer(vmcs)
-    if link is None or (ctx.in_smm and not vmcs.get(_ENTRY_CONTROLS) & _ENTRY_TO_SMM):
+    if link is None or (ctx.in_smm and not _ENTRY_TO_SMM.on(vmcs)):
         return
     if ctx.current_vmcs is None:
         raise NotEvaluable("VMCS_LINK_POINTER", hex(link), "the entry context gives no current-VMCS pointer")
@@ -448,7 +430,7 @@ def check_vmcs_link_not_current_vmcs(vmcs: Vmcs, caps: Capabilities, ctx: EntryC
 def check_vmcs_link_not_vmxon_pointer(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """In SMM with 'entry to SMM' 0, the VMCS link pointer is not the VMXON pointer."""
     link = _link_pointer(vmcs)
-    if link is None or not ctx.in_smm or vmcs.get(_ENTRY_CONTROLS) & _ENTRY_TO_SMM:
+    if link is None or not ctx.in_smm or _ENTRY_TO_SMM.on(vmcs):
         return
     if ctx.vmxon_pointer is None:
         raise NotEvaluable("VMCS_LINK_POINTER", hex(link), "the entry context gives no VMXON pointer")
@@ -462,7 +444,7 @@ def check_vmcs_link_not_vmxon_pointer(vmcs: Vmcs, caps: Capabilities, ctx: Entry
 def _uses_pae_paging(vmcs: Vmcs) -> bool:
     """CR0.PG = 1, CR4.PAE = 1 and 'IA-32e mode guest' = 0: the guest will use PAE paging."""
     return (bool(vmcs.get(_CR0) & _CR0_PG) and bool(vmcs.get(_CR4) & _CR4_PAE)
-            and not vmcs.get(_ENTRY_CONTROLS) & _IA32E_MODE_GUEST)
+            and not is_ia32e_guest(vmcs))
 
 
 def _pdpte_problems(pdptes: Iterator[tuple[str, int]], caps: Capabilities) -> Iterator[str]:
@@ -476,7 +458,7 @@ def _pdpte_problems(pdptes: Iterator[tuple[str, int]], caps: Capabilities) -> It
 @entry_check("guest.pdptes.fields")
 def check_pdptes_fields(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With PAE paging and EPT, each present guest PDPTE field sets no reserved bit."""
-    if _uses_pae_paging(vmcs) and _secondary_control_on(vmcs, _ENABLE_EPT):
+    if _uses_pae_paging(vmcs) and _ENABLE_EPT.on(vmcs):
         yield from _pdpte_problems(((f"PDPTE{i} ({field.name})", vmcs.get(field)) for i, field in enumerate(_PDPTR)),
                                    caps)
 
@@ -492,6 +474,6 @@ def _pdpt_entries(vmcs: Vmcs, ctx: EntryContext) -> Iterator[tuple[str, int]]:
 def check_pdptes_memory(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With PAE paging and without EPT, each present PDPTE of the table guest CR3 references sets no
     reserved bit."""
-    if _uses_pae_paging(vmcs) and not _secondary_control_on(vmcs, _ENABLE_EPT):
+    if _uses_pae_paging(vmcs) and not _ENABLE_EPT.on(vmcs):
         yield from _pdpte_problems(_pdpt_entries(vmcs, ctx), caps)
 

@@ -7,11 +7,19 @@ from collections.abc import Iterator
 
 import attrs
 
-from vtx.bits import BitRange, is_canonical, mask
-from vtx.errors import NotEvaluable
-from vtx.spec import VMCS_FIELDS, VmcsField, get_control, reg_bit
+from vtx.bits import BitRange, mask
+from vtx.spec import VMCS_FIELDS, VmcsField, reg_bit
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import EntryContext, entry_check
+from vtx.vmx.entry.common import (
+    canonical_problem,
+    cpuid_support,
+    ia32e_guest_sets_cr4_fred,
+    is_ia32e_guest,
+    is_unrestricted_guest,
+    linear_width,
+    non_canonical,
+)
 from vtx.vmx.vmcs import Vmcs
 
 
@@ -33,21 +41,13 @@ def _segment(name: str) -> _Segment:
 _ES, _CS, _SS, _DS, _FS, _GS, _TR, _LDTR = map(_segment, ("ES", "CS", "SS", "DS", "FS", "GS", "TR", "LDTR"))
 _CODE_DATA = (_ES, _CS, _SS, _DS, _FS, _GS)
 _DATA = (_DS, _ES, _FS, _GS)
+_TR_FS_GS_BASES = (_TR.base, _FS.base, _GS.base)
 
 _RFLAGS = VMCS_FIELDS["GUEST_RFLAGS"]
 _CR0 = VMCS_FIELDS["GUEST_CR0"]
-_CR4 = VMCS_FIELDS["GUEST_CR4"]
-_PROC = VMCS_FIELDS["CPU_BASED_VM_EXEC_CONTROL"]
-_PROC2 = VMCS_FIELDS["SECONDARY_VM_EXEC_CONTROL"]
-_ENTRY = VMCS_FIELDS["VM_ENTRY_CONTROLS"]
 
 _RFLAGS_VM = reg_bit("RFLAGS", "VM").mask
 _CR0_PE = reg_bit("CR0", "PE").mask
-# CR4.FRED is bit 32 (FRED specification, "Enabling FRED"); spec/x86/registers.toml has no row for it yet.
-_CR4_FRED = BitRange(32, 32).mask
-_ACTIVATE_SECONDARY = get_control("proc", "activate_secondary_controls").mask
-_UNRESTRICTED_GUEST = get_control("proc2", "unrestricted_guest").mask
-_IA32E_MODE_GUEST = get_control("entry", "ia32e_mode_guest").mask
 
 # Selector and access-rights formats (SDM Vol. 3A §3.4.2; Vol. 3C §26.4.1 "Guest Register State").
 _SEL_RPL = reg_bit("SEGMENT_SELECTOR", "RPL").bits
@@ -110,16 +110,6 @@ def _is_v8086(vmcs: Vmcs) -> bool:
     return bool(vmcs.get(_RFLAGS) & _RFLAGS_VM)
 
 
-def _is_unrestricted(vmcs: Vmcs) -> bool:
-    """'Unrestricted guest' is 1 (it counts as 0 when 'activate secondary controls' is 0)."""
-    return bool(vmcs.get(_PROC) & _ACTIVATE_SECONDARY) and bool(vmcs.get(_PROC2) & _UNRESTRICTED_GUEST)
-
-
-def _is_ia32e_guest(vmcs: Vmcs) -> bool:
-    """The guest will be in IA-32e mode: the 'IA-32e mode guest' VM-entry control is 1."""
-    return bool(vmcs.get(_ENTRY) & _IA32E_MODE_GUEST)
-
-
 def _is_usable(access_rights: int) -> bool:
     return not access_rights & _AR_UNUSABLE
 
@@ -152,13 +142,10 @@ def _usable_ldtr(vmcs: Vmcs) -> int | None:
 def _fred_applies(vmcs: Vmcs, caps: Capabilities) -> bool:
     """The guest will not be virtual-8086 and will use FRED transitions ('IA-32e mode guest' 1 and
     guest CR4.FRED 1) on a processor that supports FRED (elsewhere CR4.FRED is reserved)."""
-    if _is_v8086(vmcs) or not _is_ia32e_guest(vmcs) or not vmcs.get(_CR4) & _CR4_FRED:
+    if _is_v8086(vmcs) or not ia32e_guest_sets_cr4_fred(vmcs):
         return False
-    fred = caps.fact("CPUID_FRED")
-    if fred is None:
-        raise NotEvaluable(f"capabilities {caps.name!r}", "CPUID_FRED",
-                           "the FRED checks on SS apply only if the processor supports FRED")
-    return bool(fred)
+    return cpuid_support(caps, "CPUID_FRED", f"capabilities {caps.name!r}",
+                         "the FRED checks on SS apply only if the processor supports FRED")
 
 
 # ----------------------------------------------------------------------------- shared rule shapes
@@ -200,11 +187,6 @@ def _selector_ti_problems(seg: _Segment, selector: int) -> Iterator[str]:
         yield f"{seg.selector.name} = {selector:#x} sets TI (bit 2); {seg.name} must select a GDT descriptor"
 
 
-def _canonical_problems(seg: _Segment, base: int, width: int) -> Iterator[str]:
-    if not is_canonical(base, width):
-        yield f"{seg.base.name} = {base:#x} is not canonical ({width}-bit linear addresses)"
-
-
 def _upper_bits_problems(seg: _Segment, base: int) -> Iterator[str]:
     if base & _BASE_UPPER:
         yield f"{seg.base.name} = {base:#x} sets bits in 63:32, which must be 0"
@@ -230,7 +212,7 @@ def check_ldtr_selector_ti(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) ->
 def check_ss_rpl_equals_cs_rpl(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Unless the guest will be virtual-8086 or 'unrestricted guest' is 1, the RPL of the SS selector
     equals the RPL of the CS selector."""
-    if _is_v8086(vmcs) or _is_unrestricted(vmcs):
+    if _is_v8086(vmcs) or is_unrestricted_guest(vmcs):
         return
     ss, cs = vmcs.get(_SS.selector), vmcs.get(_CS.selector)
     if _rpl(ss) != _rpl(cs):
@@ -257,16 +239,14 @@ def check_v8086_base(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Itera
 @entry_check("guest.segments.tr_fs_gs_base_canonical")
 def check_tr_fs_gs_base_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The TR, FS and GS bases are canonical."""
-    width = caps.require_fact("LINEAR_ADDRESS_WIDTH")
-    for seg in (_TR, _FS, _GS):
-        yield from _canonical_problems(seg, vmcs.get(seg.base), width)
+    yield from non_canonical(vmcs, caps, _TR_FS_GS_BASES)
 
 
 @entry_check("guest.segments.ldtr_base_canonical")
 def check_ldtr_base_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If LDTR is usable, its base is canonical."""
     if _usable_ldtr(vmcs) is not None:
-        yield from _canonical_problems(_LDTR, vmcs.get(_LDTR.base), caps.require_fact("LINEAR_ADDRESS_WIDTH"))
+        yield from canonical_problem(_LDTR.base.name, vmcs.get(_LDTR.base), linear_width(caps))
 
 
 @entry_check("guest.segments.cs_base_upper_bits")
@@ -321,7 +301,7 @@ def check_cs_type(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator
     cs_type = _AR_TYPE.get(ar)
     if cs_type in _ACCESSED_CODE:
         return
-    if _is_unrestricted(vmcs):
+    if is_unrestricted_guest(vmcs):
         if cs_type != _DATA_RW_ACCESSED:
             yield (f"{_ar_text(_CS, ar)} has type {cs_type}; with 'unrestricted guest' CS needs "
                    f"{_CS_TYPES_UNRESTRICTED_TEXT}")
@@ -385,7 +365,7 @@ def check_cs_dpl(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[
 def check_ss_dpl_equals_rpl(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Unless the guest will be virtual-8086 or 'unrestricted guest' is 1, the SS DPL equals the RPL
     of the SS selector."""
-    if _is_v8086(vmcs) or _is_unrestricted(vmcs):
+    if _is_v8086(vmcs) or is_unrestricted_guest(vmcs):
         return
     ar, selector = vmcs.get(_SS.access_rights), vmcs.get(_SS.selector)
     if _dpl(ar) != _rpl(selector):
@@ -435,7 +415,7 @@ def check_fred_ss_dpl0_needs_64bit_cs(vmcs: Vmcs, caps: Capabilities, ctx: Entry
 def check_data_dpl(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Unless the guest will be virtual-8086 or 'unrestricted guest' is 1, each usable DS, ES, FS and GS
     of type 0-11 (data or non-conforming code) has a DPL not less than the RPL of its selector."""
-    if _is_v8086(vmcs) or _is_unrestricted(vmcs):
+    if _is_v8086(vmcs) or is_unrestricted_guest(vmcs):
         return
     for seg in _DATA:
         ar = vmcs.get(seg.access_rights)
@@ -466,7 +446,7 @@ def check_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> It
 @entry_check("guest.segments.cs_db")
 def check_cs_db(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Unless the guest will be virtual-8086, an IA-32e-mode guest whose CS has L = 1 has CS D/B = 0."""
-    if _is_v8086(vmcs) or not _is_ia32e_guest(vmcs):
+    if _is_v8086(vmcs) or not is_ia32e_guest(vmcs):
         return
     ar = vmcs.get(_CS.access_rights)
     if ar & _AR_L and ar & _AR_DB:
@@ -492,7 +472,7 @@ def check_tr_type(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator
     tr_type = _AR_TYPE.get(ar)
     if tr_type == _BUSY_TSS_32_64:
         return
-    if _is_ia32e_guest(vmcs):
+    if is_ia32e_guest(vmcs):
         yield (f"{_ar_text(_TR, ar)} has type {tr_type}; an IA-32e-mode guest needs type {_BUSY_TSS_32_64} "
                "(busy 64-bit TSS)")
     elif tr_type != _BUSY_TSS_16:

@@ -16,26 +16,34 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from vtx import spec
-from vtx.bits import BitRange, is_canonical, mask
+from vtx.bits import BitRange, mask
 from vtx.errors import NotEvaluable
-from vtx.spec import REGISTERS, VMCS_FIELDS, VmcsField, get_control, reg_bit
+from vtx.spec import REGISTERS, VMCS_FIELDS, VmcsField, reg_bit
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import EntryContext, entry_check
+from vtx.vmx.entry.common import (
+    CR4_FRED,
+    U64,
+    canonical_problem,
+    control_flag,
+    fixed_bit_problems,
+    ia32e_guest_sets_cr4_fred,
+    is_64bit_guest,
+    is_ia32e_guest,
+    is_unrestricted_guest,
+    linear_width,
+    non_canonical,
+    reserved_bits_problem,
+    reserved_mask,
+    upper_bits_equal,
+)
 from vtx.vmx.vmcs import Vmcs
-
-_U64 = mask(64)
 
 # ----------------------------------------------------------------------------- shared shapes
 
-_ENTRY_CONTROLS = VMCS_FIELDS["VM_ENTRY_CONTROLS"]
-_PROC = VMCS_FIELDS["CPU_BASED_VM_EXEC_CONTROL"]
-_PROC2 = VMCS_FIELDS["SECONDARY_VM_EXEC_CONTROL"]
-_IA32E_MODE_GUEST = get_control("entry", "ia32e_mode_guest").mask
-_LOAD_DEBUG_CONTROLS = get_control("entry", "load_debug_controls").mask
-_LOAD_CET_STATE = get_control("entry", "load_cet_state").mask
-_LOAD_FRED = get_control("entry", "load_fred").mask
-_ACTIVATE_SECONDARY = get_control("proc", "activate_secondary_controls").mask
-_UNRESTRICTED_GUEST = get_control("proc2", "unrestricted_guest").mask
+_LOAD_DEBUG_CONTROLS = control_flag("entry", "load_debug_controls")
+_LOAD_CET_STATE = control_flag("entry", "load_cet_state")
+_LOAD_FRED = control_flag("entry", "load_fred")
 
 _CR0_PE = reg_bit("CR0", "PE").mask
 _CR0_PG = reg_bit("CR0", "PG").mask
@@ -43,67 +51,13 @@ _CR0_WP = reg_bit("CR0", "WP").mask
 _CR4_PAE = reg_bit("CR4", "PAE").mask
 _CR4_PCIDE = reg_bit("CR4", "PCIDE").mask
 _CR4_CET = reg_bit("CR4", "CET").mask
-# CR4.FRED (bit 32), which x86/registers.toml does not list yet (FRED specification, "New
-# control-register bit"; checked by the rule "FRED is enabled only by a 64-bit guest").
-_CR4_FRED = BitRange(32, 32).mask
 
-_AR_L = reg_bit("VMCS_ACCESS_RIGHTS", "L").mask
 _AR_DPL = reg_bit("VMCS_ACCESS_RIGHTS", "DPL").bits
-
-
-def _entry_control(vmcs: Vmcs, control_mask: int) -> bool:
-    return bool(vmcs.get(_ENTRY_CONTROLS) & control_mask)
-
-
-def _is_64bit_guest(vmcs: Vmcs) -> bool:
-    """'IA-32e mode guest' is 1 and the CS access rights have L = 1 (the guest starts in 64-bit mode)."""
-    return _entry_control(vmcs, _IA32E_MODE_GUEST) and bool(vmcs.get(VMCS_FIELDS["GUEST_CS_AR_BYTES"]) & _AR_L)
-
-
-def _linear_width(caps: Capabilities) -> int:
-    return caps.require_fact("LINEAR_ADDRESS_WIDTH")
-
-
-def _reserved(register: str) -> int:
-    """The union of the ``RESERVED_*`` rows of a register in spec/x86/guest_state.toml."""
-    return sum(b.mask for b in REGISTERS[register].bits if b.name.startswith("RESERVED"))
-
-
-def _reserved_problem(field: VmcsField, value: int, reserved: int, register: str) -> Iterator[str]:
-    if value & reserved:
-        yield f"{field.name} = {value:#x} sets bits {value & reserved:#x} reserved in {register}"
-
-
-def _canonical_problem(name: str, address: int, caps: Capabilities, what: str = "") -> Iterator[str]:
-    width = _linear_width(caps)
-    if not is_canonical(address, width):
-        yield f"{name} = {address:#x}{what} is not canonical ({width}-bit linear addresses)"
-
-
-def _upper_bits_equal(value: int, width: int) -> bool:
-    """Bits 63:``width`` of a 64-bit value are all equal (always true with 64-bit linear addresses)."""
-    if width >= 64:
-        return True
-    return value >> width in (0, mask(64 - width))
 
 
 def _clear_bits_problem(field: VmcsField, value: int, bits: BitRange, rule: str) -> Iterator[str]:
     if bits.get(value):
         yield f"{field.name} = {value:#x} sets bits {bits} ({rule})"
-
-
-def _fixed_bit_problems(field: VmcsField, register: str, value: int, caps: Capabilities,
-                        exempt: int = 0) -> Iterator[str]:
-    """Bits of a guest CR0/CR4 value that IA32_VMX_<register>_FIXED0/1 fix, except ``exempt``."""
-    fixed0, fixed1 = caps.msr(f"IA32_VMX_{register}_FIXED0"), caps.msr(f"IA32_VMX_{register}_FIXED1")
-    if fixed0 is None or fixed1 is None:
-        raise NotEvaluable(field.name, hex(value), f"the profile lacks IA32_VMX_{register}_FIXED0/1")
-    must_be_1 = fixed0 & ~value & ~exempt
-    must_be_0 = value & ~fixed1 & ~exempt & _U64
-    if must_be_1:
-        yield f"{field.name} = {value:#x} clears bits {must_be_1:#x} that IA32_VMX_{register}_FIXED0 fixes to 1"
-    if must_be_0:
-        yield f"{field.name} = {value:#x} sets bits {must_be_0:#x} that IA32_VMX_{register}_FIXED1 fixes to 0"
 
 
 # ----------------------------------------------------------------------------- control registers
@@ -117,9 +71,8 @@ _GUEST_CR4 = VMCS_FIELDS["GUEST_CR4"]
 def check_guest_cr0_fixed_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The guest CR0 field sets no bit to a value IA32_VMX_CR0_FIXED0/1 forbid; PE and PG are exempt
     when "unrestricted guest" is 1 (and "activate secondary controls" is 1)."""
-    unrestricted = (vmcs.get(_PROC) & _ACTIVATE_SECONDARY and vmcs.get(_PROC2) & _UNRESTRICTED_GUEST)
-    exempt = _CR0_PE | _CR0_PG if unrestricted else 0
-    yield from _fixed_bit_problems(_GUEST_CR0, "CR0", vmcs.get(_GUEST_CR0), caps, exempt)
+    exempt = _CR0_PE | _CR0_PG if is_unrestricted_guest(vmcs) else 0
+    yield from fixed_bit_problems(_GUEST_CR0, "CR0", vmcs.get(_GUEST_CR0), caps, exempt)
 
 
 @entry_check("guest.cr0.pg_needs_pe")
@@ -133,7 +86,7 @@ def check_guest_cr0_pg_needs_pe(vmcs: Vmcs, caps: Capabilities, ctx: EntryContex
 @entry_check("guest.cr4.fixed_bits")
 def check_guest_cr4_fixed_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The guest CR4 field sets no bit to a value IA32_VMX_CR4_FIXED0/1 forbid."""
-    yield from _fixed_bit_problems(_GUEST_CR4, "CR4", vmcs.get(_GUEST_CR4), caps)
+    yield from fixed_bit_problems(_GUEST_CR4, "CR4", vmcs.get(_GUEST_CR4), caps)
 
 
 @entry_check("guest.cr4.cet_needs_wp")
@@ -145,14 +98,15 @@ def check_guest_cr4_cet_needs_wp(vmcs: Vmcs, caps: Capabilities, ctx: EntryConte
 
 
 _GUEST_DEBUGCTL = VMCS_FIELDS["GUEST_IA32_DEBUGCTL"]
-_DEBUGCTL_RESERVED = _reserved("IA32_DEBUGCTL")
+_DEBUGCTL_RESERVED = reserved_mask("IA32_DEBUGCTL")
 
 
 @entry_check("guest.debugctl.reserved_bits")
-def check_guest_debugctl_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+def check_guest_debugctlreserved_mask(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load debug controls" 1, the guest IA32_DEBUGCTL field sets no bit reserved in that MSR."""
-    if _entry_control(vmcs, _LOAD_DEBUG_CONTROLS):
-        yield from _reserved_problem(_GUEST_DEBUGCTL, vmcs.get(_GUEST_DEBUGCTL), _DEBUGCTL_RESERVED, "IA32_DEBUGCTL")
+    if _LOAD_DEBUG_CONTROLS.on(vmcs):
+        yield from reserved_bits_problem(_GUEST_DEBUGCTL, vmcs.get(_GUEST_DEBUGCTL), _DEBUGCTL_RESERVED,
+                                         "IA32_DEBUGCTL")
 
 
 _IA32E_PAGING = (("CR0.PG", _GUEST_CR0, _CR0_PG), ("CR4.PAE", _GUEST_CR4, _CR4_PAE))
@@ -161,7 +115,7 @@ _IA32E_PAGING = (("CR0.PG", _GUEST_CR0, _CR0_PG), ("CR4.PAE", _GUEST_CR4, _CR4_P
 @entry_check("guest.ia32e.paging")
 def check_guest_ia32e_paging(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "IA-32e mode guest" 1, the guest CR0 field sets PG and the guest CR4 field sets PAE."""
-    if not _entry_control(vmcs, _IA32E_MODE_GUEST):
+    if not is_ia32e_guest(vmcs):
         return
     for instance, field, bit in _IA32E_PAGING:
         value = vmcs.get(field)
@@ -173,7 +127,7 @@ def check_guest_ia32e_paging(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) 
 def check_guest_non_ia32e_cr4_pcide(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "IA-32e mode guest" 0, the guest CR4 field clears PCIDE (bit 17)."""
     cr4 = vmcs.get(_GUEST_CR4)
-    if cr4 & _CR4_PCIDE and not _entry_control(vmcs, _IA32E_MODE_GUEST):
+    if cr4 & _CR4_PCIDE and not is_ia32e_guest(vmcs):
         yield f"GUEST_CR4 = {cr4:#x} sets PCIDE although 'IA-32e mode guest' is 0"
 
 
@@ -182,7 +136,7 @@ def check_guest_non_ia32e_cr4_fred(vmcs: Vmcs, caps: Capabilities, ctx: EntryCon
     """With "IA-32e mode guest" 0, the guest CR4 field clears FRED (bit 32). The rule exists on
     processors that support FRED; elsewhere CR4.FRED is a bit IA32_VMX_CR4_FIXED1 fixes to 0."""
     cr4 = vmcs.get(_GUEST_CR4)
-    if cr4 & _CR4_FRED and not _entry_control(vmcs, _IA32E_MODE_GUEST) and caps.require_fact("CPUID_FRED"):
+    if cr4 & CR4_FRED and not is_ia32e_guest(vmcs) and caps.require_fact("CPUID_FRED"):
         yield f"GUEST_CR4 = {cr4:#x} sets FRED although 'IA-32e mode guest' is 0"
 
 
@@ -214,7 +168,7 @@ _DR7_UPPER = BitRange(32, 63)  # SDM Vol. 3C §28.3.1.1: "bits 63:32 in the DR7 
 @entry_check("guest.dr7.upper_bits")
 def check_guest_dr7_upper_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load debug controls" 1, bits 63:32 of the guest DR7 field are 0."""
-    if _entry_control(vmcs, _LOAD_DEBUG_CONTROLS):
+    if _LOAD_DEBUG_CONTROLS.on(vmcs):
         yield from _clear_bits_problem(_GUEST_DR7, vmcs.get(_GUEST_DR7), _DR7_UPPER, "must be 0")
 
 
@@ -224,8 +178,7 @@ _SYSENTER = (VMCS_FIELDS["GUEST_SYSENTER_ESP"], VMCS_FIELDS["GUEST_SYSENTER_EIP"
 @entry_check("guest.sysenter.canonical")
 def check_guest_sysenter_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The guest IA32_SYSENTER_ESP and IA32_SYSENTER_EIP fields each hold a canonical address."""
-    for field in _SYSENTER:
-        yield from _canonical_problem(field.name, vmcs.get(field), caps)
+    yield from non_canonical(vmcs, caps, _SYSENTER)
 
 
 _GUEST_S_CET = VMCS_FIELDS["GUEST_S_CET"]
@@ -235,30 +188,30 @@ _GUEST_INTR_SSP_TABLE = VMCS_FIELDS["GUEST_INTR_SSP_TABLE"]
 @entry_check("guest.cet.s_cet_canonical")
 def check_guest_s_cet_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load CET state" 1, the guest IA32_S_CET field holds a canonical address."""
-    if _entry_control(vmcs, _LOAD_CET_STATE):
-        yield from _canonical_problem(_GUEST_S_CET.name, vmcs.get(_GUEST_S_CET), caps)
+    if _LOAD_CET_STATE.on(vmcs):
+        yield from canonical_problem(_GUEST_S_CET.name, vmcs.get(_GUEST_S_CET), linear_width(caps))
 
 
 @entry_check("guest.cet.ssp_table_canonical")
 def check_guest_ssp_table_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load CET state" 1, the guest IA32_INTERRUPT_SSP_TABLE_ADDR field holds a canonical address."""
-    if _entry_control(vmcs, _LOAD_CET_STATE):
-        yield from _canonical_problem(_GUEST_INTR_SSP_TABLE.name, vmcs.get(_GUEST_INTR_SSP_TABLE), caps)
+    if _LOAD_CET_STATE.on(vmcs):
+        yield from canonical_problem(_GUEST_INTR_SSP_TABLE.name, vmcs.get(_GUEST_INTR_SSP_TABLE), linear_width(caps))
 
 
 _GUEST_PERF_GLOBAL_CTRL = VMCS_FIELDS["GUEST_IA32_PERF_GLOBAL_CTRL"]
-_LOAD_PERF_GLOBAL_CTRL = get_control("entry", "load_ia32_perf_global_ctrl").mask
+_LOAD_PERF_GLOBAL_CTRL = control_flag("entry", "load_ia32_perf_global_ctrl")
 _EN_PMC = reg_bit("IA32_PERF_GLOBAL_CTRL", "EN_PMC").bits
 _EN_FIXED_CTR = reg_bit("IA32_PERF_GLOBAL_CTRL", "EN_FIXED_CTR").bits
 _EN_PERF_METRICS = reg_bit("IA32_PERF_GLOBAL_CTRL", "EN_PERF_METRICS").mask
-_PERF_GLOBAL_CTRL_RESERVED = _reserved("IA32_PERF_GLOBAL_CTRL")
+_PERF_GLOBAL_CTRL_RESERVED = reserved_mask("IA32_PERF_GLOBAL_CTRL")
 
 
 @entry_check("guest.perf_global_ctrl.reserved_bits")
-def check_guest_perf_global_ctrl_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+def check_guest_perf_global_ctrlreserved_mask(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load IA32_PERF_GLOBAL_CTRL" 1, the guest IA32_PERF_GLOBAL_CTRL field enables no counter
     beyond those CPUID leaf 0AH reports and sets no reserved bit."""
-    if not _entry_control(vmcs, _LOAD_PERF_GLOBAL_CTRL):
+    if not _LOAD_PERF_GLOBAL_CTRL.on(vmcs):
         return
     value = vmcs.get(_GUEST_PERF_GLOBAL_CTRL)
     reserved = _PERF_GLOBAL_CTRL_RESERVED
@@ -266,7 +219,7 @@ def check_guest_perf_global_ctrl_reserved(vmcs: Vmcs, caps: Capabilities, ctx: E
         implemented = (_EN_PMC.put(0, mask(caps.require_fact("PMU_GP_COUNTERS")))
                        | _EN_FIXED_CTR.put(0, mask(caps.require_fact("PMU_FIXED_COUNTERS"))))
         reserved |= (_EN_PMC.mask | _EN_FIXED_CTR.mask) & ~implemented
-    yield from _reserved_problem(_GUEST_PERF_GLOBAL_CTRL, value, reserved, "IA32_PERF_GLOBAL_CTRL")
+    yield from reserved_bits_problem(_GUEST_PERF_GLOBAL_CTRL, value, reserved, "IA32_PERF_GLOBAL_CTRL")
     if value & _EN_PERF_METRICS:
         raise NotEvaluable(_GUEST_PERF_GLOBAL_CTRL.name, hex(value),
                            "bit 48 (EN_PERF_METRICS) is reserved unless IA32_PERF_CAPABILITIES enumerates "
@@ -274,7 +227,7 @@ def check_guest_perf_global_ctrl_reserved(vmcs: Vmcs, caps: Capabilities, ctx: E
 
 
 _GUEST_PAT = VMCS_FIELDS["GUEST_IA32_PAT"]
-_LOAD_PAT = get_control("entry", "load_ia32_pat").mask
+_LOAD_PAT = control_flag("entry", "load_ia32_pat")
 _PAT_ENTRIES = tuple(b.bits for b in REGISTERS["IA32_PAT"].bits)
 _PAT_MEMORY_TYPES = frozenset(int(r["value"]) for r in spec._Table("x86/guest_state.toml").rows("pat_memory_type"))
 
@@ -283,7 +236,7 @@ _PAT_MEMORY_TYPES = frozenset(int(r["value"]) for r in spec._Table("x86/guest_st
 def check_guest_pat_valid(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load IA32_PAT" 1, each of the 8 bytes of the guest IA32_PAT field is a memory type the
     PAT can encode (0 UC, 1 WC, 4 WT, 5 WP, 6 WB, 7 UC-)."""
-    if not _entry_control(vmcs, _LOAD_PAT):
+    if not _LOAD_PAT.on(vmcs):
         return
     pat = vmcs.get(_GUEST_PAT)
     for i, entry in enumerate(_PAT_ENTRIES):
@@ -293,36 +246,36 @@ def check_guest_pat_valid(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> 
 
 
 _GUEST_EFER = VMCS_FIELDS["GUEST_IA32_EFER"]
-_LOAD_EFER = get_control("entry", "load_ia32_efer").mask
+_LOAD_EFER = control_flag("entry", "load_ia32_efer")
 _EFER_SCE = reg_bit("IA32_EFER", "SCE").mask
 _EFER_LME = reg_bit("IA32_EFER", "LME").mask
 _EFER_LMA = reg_bit("IA32_EFER", "LMA").mask
 _EFER_NXE = reg_bit("IA32_EFER", "NXE").mask
-_EFER_RESERVED = _U64 & ~(_EFER_SCE | _EFER_LME | _EFER_LMA | _EFER_NXE)
+_EFER_RESERVED = U64 & ~(_EFER_SCE | _EFER_LME | _EFER_LMA | _EFER_NXE)
 # Bits that exist only where CPUID enumerates their feature.
 _EFER_ENUMERATED = ((_EFER_LME | _EFER_LMA, "CPUID_LM"), (_EFER_NXE, "CPUID_NX"))
 
 
 @entry_check("guest.efer.reserved_bits")
-def check_guest_efer_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+def check_guest_eferreserved_mask(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load IA32_EFER" 1, the guest IA32_EFER field sets no reserved bit: only SCE, LME and LMA
     (with Intel 64 support) and NXE (with execute-disable support) may be 1."""
-    if not _entry_control(vmcs, _LOAD_EFER):
+    if not _LOAD_EFER.on(vmcs):
         return
     efer = vmcs.get(_GUEST_EFER)
     reserved = _EFER_RESERVED
     for bits, fact in _EFER_ENUMERATED:
         if efer & bits and not caps.require_fact(fact):
             reserved |= bits
-    yield from _reserved_problem(_GUEST_EFER, efer, reserved, "IA32_EFER")
+    yield from reserved_bits_problem(_GUEST_EFER, efer, reserved, "IA32_EFER")
 
 
 @entry_check("guest.efer.lma")
 def check_guest_efer_lma(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load IA32_EFER" 1, LMA (bit 10) of the guest IA32_EFER field equals "IA-32e mode guest"."""
-    if not _entry_control(vmcs, _LOAD_EFER):
+    if not _LOAD_EFER.on(vmcs):
         return
-    efer, ia32e = vmcs.get(_GUEST_EFER), _entry_control(vmcs, _IA32E_MODE_GUEST)
+    efer, ia32e = vmcs.get(_GUEST_EFER), is_ia32e_guest(vmcs)
     lma = bool(efer & _EFER_LMA)
     if lma != ia32e:
         yield f"GUEST_IA32_EFER = {efer:#x} has LMA = {int(lma)} but 'IA-32e mode guest' is {int(ia32e)}"
@@ -331,7 +284,7 @@ def check_guest_efer_lma(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> I
 @entry_check("guest.efer.lme")
 def check_guest_efer_lme(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load IA32_EFER" 1 and guest CR0.PG 1, LME (bit 8) of the guest IA32_EFER field equals LMA (bit 10)."""
-    if not _entry_control(vmcs, _LOAD_EFER) or not vmcs.get(_GUEST_CR0) & _CR0_PG:
+    if not _LOAD_EFER.on(vmcs) or not vmcs.get(_GUEST_CR0) & _CR0_PG:
         return
     efer = vmcs.get(_GUEST_EFER)
     lme, lma = bool(efer & _EFER_LME), bool(efer & _EFER_LMA)
@@ -340,35 +293,35 @@ def check_guest_efer_lme(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> I
 
 
 _GUEST_BNDCFGS = VMCS_FIELDS["GUEST_BNDCFGS"]
-_LOAD_BNDCFGS = get_control("entry", "load_ia32_bndcfgs").mask
-_BNDCFGS_RESERVED = _reserved("IA32_BNDCFGS")
+_LOAD_BNDCFGS = control_flag("entry", "load_ia32_bndcfgs")
+_BNDCFGS_RESERVED = reserved_mask("IA32_BNDCFGS")
 _BNDCFGS_BASE = reg_bit("IA32_BNDCFGS", "BASE").mask
 
 
 @entry_check("guest.bndcfgs.reserved_bits")
-def check_guest_bndcfgs_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+def check_guest_bndcfgsreserved_mask(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load IA32_BNDCFGS" 1, bits 11:2 of the guest IA32_BNDCFGS field are 0."""
-    if _entry_control(vmcs, _LOAD_BNDCFGS):
-        yield from _reserved_problem(_GUEST_BNDCFGS, vmcs.get(_GUEST_BNDCFGS), _BNDCFGS_RESERVED, "IA32_BNDCFGS")
+    if _LOAD_BNDCFGS.on(vmcs):
+        yield from reserved_bits_problem(_GUEST_BNDCFGS, vmcs.get(_GUEST_BNDCFGS), _BNDCFGS_RESERVED, "IA32_BNDCFGS")
 
 
 @entry_check("guest.bndcfgs.canonical")
 def check_guest_bndcfgs_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load IA32_BNDCFGS" 1, the bound-directory base (bits 63:12) of the guest IA32_BNDCFGS
     field is a canonical linear address."""
-    if _entry_control(vmcs, _LOAD_BNDCFGS):
-        yield from _canonical_problem(_GUEST_BNDCFGS.name, vmcs.get(_GUEST_BNDCFGS) & _BNDCFGS_BASE, caps,
-                                      " (bound-directory base)")
+    if _LOAD_BNDCFGS.on(vmcs):
+        yield from canonical_problem(_GUEST_BNDCFGS.name, vmcs.get(_GUEST_BNDCFGS) & _BNDCFGS_BASE, linear_width(caps),
+                                     " (bound-directory base)")
 
 
 def _register_msr_reserved_check(check_id: str, field_name: str, control: str, register: str) -> None:
     """Register the check that, with the VM-entry control ``control`` 1, the guest field
     ``field_name`` sets no bit reserved in MSR ``register``."""
-    field, control_mask, reserved = VMCS_FIELDS[field_name], get_control("entry", control).mask, _reserved(register)
+    field, flag, reserved = VMCS_FIELDS[field_name], control_flag("entry", control), reserved_mask(register)
 
     def check(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
-        if _entry_control(vmcs, control_mask):
-            yield from _reserved_problem(field, vmcs.get(field), reserved, register)
+        if flag.on(vmcs):
+            yield from reserved_bits_problem(field, vmcs.get(field), reserved, register)
 
     check.__name__ = check.__qualname__ = f"check_{check_id.replace('.', '_')}"
     check.__doc__ = f"With {control!r} 1, the {field_name} field sets no bit reserved in {register}."
@@ -378,18 +331,18 @@ def _register_msr_reserved_check(check_id: str, field_name: str, control: str, r
 _register_msr_reserved_check("guest.rtit_ctl.reserved_bits", "GUEST_IA32_RTIT_CTL", "load_ia32_rtit_ctl",
                              "IA32_RTIT_CTL")
 
-_S_CET_RESERVED = _reserved("IA32_S_CET")
+_S_CET_RESERVED = reserved_mask("IA32_S_CET")
 _S_CET_SUPPRESS_AND_TRACKER = reg_bit("IA32_S_CET", "SUPPRESS").mask | reg_bit("IA32_S_CET", "TRACKER").mask
 
 
 @entry_check("guest.cet.s_cet_reserved_bits")
-def check_guest_s_cet_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+def check_guest_s_cetreserved_mask(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load CET state" 1, the guest IA32_S_CET field clears its reserved bits 9:6 and does not
     set both SUPPRESS (bit 10) and TRACKER (bit 11)."""
-    if not _entry_control(vmcs, _LOAD_CET_STATE):
+    if not _LOAD_CET_STATE.on(vmcs):
         return
     s_cet = vmcs.get(_GUEST_S_CET)
-    yield from _reserved_problem(_GUEST_S_CET, s_cet, _S_CET_RESERVED, "IA32_S_CET")
+    yield from reserved_bits_problem(_GUEST_S_CET, s_cet, _S_CET_RESERVED, "IA32_S_CET")
     if s_cet & _S_CET_SUPPRESS_AND_TRACKER == _S_CET_SUPPRESS_AND_TRACKER:
         yield f"GUEST_S_CET = {s_cet:#x} sets both SUPPRESS and TRACKER"
 
@@ -399,23 +352,23 @@ _register_msr_reserved_check("guest.lbr_ctl.reserved_bits", "GUEST_IA32_LBR_CTL"
 _register_msr_reserved_check("guest.pkrs.reserved_bits", "GUEST_IA32_PKRS", "load_pkrs", "IA32_PKRS")
 
 _GUEST_UINV = VMCS_FIELDS["GUEST_UINV"]
-_LOAD_UINV = get_control("entry", "load_uinv").mask
+_LOAD_UINV = control_flag("entry", "load_uinv")
 _UINV_UPPER = BitRange(8, 15)  # SDM Vol. 3C §28.3.1.1: "bits 15:8 of the guest UINV field must be 0"
 
 
 @entry_check("guest.uinv.reserved_bits")
-def check_guest_uinv_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+def check_guest_uinvreserved_mask(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load UINV" 1, bits 15:8 of the guest UINV field are 0 (UINV is an 8-bit vector)."""
-    if _entry_control(vmcs, _LOAD_UINV):
+    if _LOAD_UINV.on(vmcs):
         yield from _clear_bits_problem(_GUEST_UINV, vmcs.get(_GUEST_UINV), _UINV_UPPER, "must be 0")
 
 
 def _loads_fred_into_64bit_guest(vmcs: Vmcs) -> bool:
-    return _entry_control(vmcs, _LOAD_FRED) and _entry_control(vmcs, _IA32E_MODE_GUEST)
+    return _LOAD_FRED.on(vmcs) and is_ia32e_guest(vmcs)
 
 
 _GUEST_FRED_CONFIG = VMCS_FIELDS["GUEST_IA32_FRED_CONFIG"]
-_FRED_CONFIG_RESERVED = _reserved("IA32_FRED_CONFIG")
+_FRED_CONFIG_RESERVED = reserved_mask("IA32_FRED_CONFIG")
 _FRED_CONFIG_ENTRYPOINT = reg_bit("IA32_FRED_CONFIG", "ENTRYPOINT").mask
 
 
@@ -426,8 +379,9 @@ def check_guest_fred_config(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -
     if not _loads_fred_into_64bit_guest(vmcs):
         return
     config = vmcs.get(_GUEST_FRED_CONFIG)
-    yield from _reserved_problem(_GUEST_FRED_CONFIG, config, _FRED_CONFIG_RESERVED, "IA32_FRED_CONFIG")
-    yield from _canonical_problem(_GUEST_FRED_CONFIG.name, config & _FRED_CONFIG_ENTRYPOINT, caps, " (entry point)")
+    yield from reserved_bits_problem(_GUEST_FRED_CONFIG, config, _FRED_CONFIG_RESERVED, "IA32_FRED_CONFIG")
+    yield from canonical_problem(_GUEST_FRED_CONFIG.name, config & _FRED_CONFIG_ENTRYPOINT, linear_width(caps),
+                                 " (entry point)")
 
 
 def _aligned_canonical_problems(vmcs: Vmcs, caps: Capabilities, fields: tuple[VmcsField, ...],
@@ -436,7 +390,7 @@ def _aligned_canonical_problems(vmcs: Vmcs, caps: Capabilities, fields: tuple[Vm
     for field in fields:
         value = vmcs.get(field)
         yield from _clear_bits_problem(field, value, low, f"must be {alignment}-aligned")
-        yield from _canonical_problem(field.name, value, caps)
+        yield from canonical_problem(field.name, value, linear_width(caps))
 
 
 _GUEST_FRED_RSP = tuple(VMCS_FIELDS[f"GUEST_IA32_FRED_RSP{i}"] for i in (1, 2, 3))
@@ -477,7 +431,7 @@ _DTR_LIMIT_UPPER = BitRange(16, 31)  # SDM Vol. 3C §28.3.1.3: bits 31:16 of eac
 def check_guest_dtr_base_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The guest GDTR and IDTR base fields each hold a canonical address."""
     for _, base, _ in _DTR:
-        yield from _canonical_problem(base.name, vmcs.get(base), caps)
+        yield from canonical_problem(base.name, vmcs.get(base), linear_width(caps))
 
 
 @entry_check("guest.dtr.limit_upper_bits")
@@ -497,7 +451,7 @@ _RIP_UPPER = BitRange(32, 63)  # SDM Vol. 3C §28.3.1.4: bits 63:32 must be 0 ou
 @entry_check("guest.rip.upper_bits")
 def check_guest_rip_upper_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Bits 63:32 of the guest RIP field are 0 unless "IA-32e mode guest" and CS.L are both 1."""
-    if not _is_64bit_guest(vmcs):
+    if not is_64bit_guest(vmcs):
         yield from _clear_bits_problem(_GUEST_RIP, vmcs.get(_GUEST_RIP), _RIP_UPPER,
                                        "must be 0 unless 'IA-32e mode guest' and CS.L are 1")
 
@@ -506,15 +460,15 @@ def check_guest_rip_upper_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext
 def check_guest_rip_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "IA-32e mode guest" and CS.L 1, bits 63:N of the guest RIP field are all equal, N being the
     linear-address width (bit N-1 may differ: RIP need not be canonical)."""
-    if not _is_64bit_guest(vmcs):
+    if not is_64bit_guest(vmcs):
         return
-    rip, width = vmcs.get(_GUEST_RIP), _linear_width(caps)
-    if not _upper_bits_equal(rip, width):
+    rip, width = vmcs.get(_GUEST_RIP), linear_width(caps)
+    if not upper_bits_equal(rip, width):
         yield f"GUEST_RIP = {rip:#x}: bits 63:{width} are not all equal ({width}-bit linear addresses)"
 
 
 _RFLAGS_DEFINED = sum(b.mask for b in REGISTERS["RFLAGS"].bits)
-_RFLAGS_RESERVED = _U64 & ~_RFLAGS_DEFINED
+_RFLAGS_RESERVED = U64 & ~_RFLAGS_DEFINED
 _RFLAGS_FIXED1 = reg_bit("RFLAGS", "FIXED1").mask
 _RFLAGS_VM = reg_bit("RFLAGS", "VM").mask
 _RFLAGS_IF = reg_bit("RFLAGS", "IF").mask
@@ -522,7 +476,7 @@ _RFLAGS_IOPL = reg_bit("RFLAGS", "IOPL").bits
 
 
 @entry_check("guest.rflags.reserved_bits")
-def check_guest_rflags_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+def check_guest_rflagsreserved_mask(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Reserved bits 63:22, 15, 5 and 3 of the RFLAGS field are 0 and reserved bit 1 is 1."""
     rflags = vmcs.get(_GUEST_RFLAGS)
     if rflags & _RFLAGS_RESERVED:
@@ -537,7 +491,7 @@ def check_guest_rflags_vm(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> 
     rflags = vmcs.get(_GUEST_RFLAGS)
     if not rflags & _RFLAGS_VM:
         return
-    if _entry_control(vmcs, _IA32E_MODE_GUEST):
+    if is_ia32e_guest(vmcs):
         yield f"GUEST_RFLAGS = {rflags:#x} sets VM although 'IA-32e mode guest' is 1"
     if not vmcs.get(_GUEST_CR0) & _CR0_PE:
         yield f"GUEST_RFLAGS = {rflags:#x} sets VM although GUEST_CR0.PE is 0"
@@ -572,7 +526,7 @@ def check_guest_rflags_fred_iopl(vmcs: Vmcs, caps: Capabilities, ctx: EntryConte
     """When the guest will use FRED transitions ("IA-32e mode guest" 1 and guest CR4.FRED 1) and the
     SS DPL is 3, IOPL (bits 13:12) of the guest RFLAGS field is 0."""
     rflags = vmcs.get(_GUEST_RFLAGS)
-    if (_RFLAGS_IOPL.get(rflags) and vmcs.get(_GUEST_CR4) & _CR4_FRED and _entry_control(vmcs, _IA32E_MODE_GUEST)
+    if (_RFLAGS_IOPL.get(rflags) and ia32e_guest_sets_cr4_fred(vmcs)
             and _AR_DPL.get(vmcs.get(_GUEST_SS_AR)) == _USER_PRIVILEGE):
         yield f"GUEST_RFLAGS = {rflags:#x} has IOPL {_RFLAGS_IOPL.get(rflags)} for a FRED guest at SS.DPL 3"
 
@@ -584,7 +538,7 @@ _SSP_LOW = BitRange(0, 1)  # SDM Vol. 3C §28.3.1.4: bits 1:0 of the SSP field m
 @entry_check("guest.ssp.alignment")
 def check_guest_ssp_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load CET state" 1, bits 1:0 of the guest SSP field are 0."""
-    if _entry_control(vmcs, _LOAD_CET_STATE):
+    if _LOAD_CET_STATE.on(vmcs):
         yield from _clear_bits_problem(_GUEST_SSP, vmcs.get(_GUEST_SSP), _SSP_LOW, "must be 0")
 
 
@@ -592,8 +546,8 @@ def check_guest_ssp_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext)
 def check_guest_ssp_upper_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load CET state" 1, bits 63:N of the guest SSP field are all equal, N being the linear-address
     width; SSP need not be canonical, and neither "IA-32e mode guest" nor CS.L matters."""
-    if not _entry_control(vmcs, _LOAD_CET_STATE):
+    if not _LOAD_CET_STATE.on(vmcs):
         return
-    ssp, width = vmcs.get(_GUEST_SSP), _linear_width(caps)
-    if not _upper_bits_equal(ssp, width):
+    ssp, width = vmcs.get(_GUEST_SSP), linear_width(caps)
+    if not upper_bits_equal(ssp, width):
         yield f"GUEST_SSP = {ssp:#x}: bits 63:{width} are not all equal ({width}-bit linear addresses)"

@@ -17,16 +17,24 @@ from collections.abc import Iterable, Iterator
 
 from vtx.bits import BitRange, is_canonical, mask
 from vtx.errors import NotEvaluable
-from vtx.spec import REGISTERS, VMCS_FIELDS, VmcsField, _Table, get_control, reg_bit
+from vtx.spec import REGISTERS, VMCS_FIELDS, VmcsField, _Table, reg_bit
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import EntryContext, entry_check
+from vtx.vmx.entry.common import (
+    control_flag,
+    fixed_bit_problems,
+    is_64bit_host,
+    is_ia32e_guest,
+    linear_width,
+    non_canonical,
+    reserved_bits_problem,
+    reserved_mask,
+    vmcs_fields,
+)
 from vtx.vmx.vmcs import Vmcs
 
 # ----------------------------------------------------------------------------- shared pieces
 
-_EXIT_CONTROLS = VMCS_FIELDS["VM_EXIT_CONTROLS"]
-_SECONDARY_EXIT_CONTROLS = VMCS_FIELDS["SECONDARY_VM_EXIT_CONTROLS"]
-_ENTRY_CONTROLS = VMCS_FIELDS["VM_ENTRY_CONTROLS"]
 _HOST_CR0 = VMCS_FIELDS["HOST_CR0"]
 _HOST_CR3 = VMCS_FIELDS["HOST_CR3"]
 _HOST_CR4 = VMCS_FIELDS["HOST_CR4"]
@@ -34,55 +42,17 @@ _HOST_RIP = VMCS_FIELDS["HOST_RIP"]
 _HOST_S_CET = VMCS_FIELDS["HOST_S_CET"]
 _HOST_SSP = VMCS_FIELDS["HOST_SSP"]
 
-_HOST_ADDRESS_SPACE_SIZE = get_control("exit", "host_address_space_size").mask
-_ACTIVATE_SECONDARY_EXIT_CONTROLS = get_control("exit", "activate_secondary_controls").mask
-_LOAD_PERF_GLOBAL_CTRL = get_control("exit", "load_ia32_perf_global_ctrl").mask
-_LOAD_PAT = get_control("exit", "load_ia32_pat").mask
-_LOAD_EFER = get_control("exit", "load_ia32_efer").mask
-_LOAD_CET = get_control("exit", "load_cet_state").mask
-_LOAD_PKRS = get_control("exit", "load_pkrs").mask
-_LOAD_FRED = get_control("exit2", "load_fred").mask
-_LOAD_SPEC_CTRL = get_control("exit2", "load_host_ia32_spec_ctrl").mask
-_IA32E_MODE_GUEST = get_control("entry", "ia32e_mode_guest").mask
+_LOAD_PERF_GLOBAL_CTRL = control_flag("exit", "load_ia32_perf_global_ctrl")
+_LOAD_PAT = control_flag("exit", "load_ia32_pat")
+_LOAD_EFER = control_flag("exit", "load_ia32_efer")
+_LOAD_CET = control_flag("exit", "load_cet_state")
+_LOAD_PKRS = control_flag("exit", "load_pkrs")
+_LOAD_FRED = control_flag("exit2", "load_fred")
+_LOAD_SPEC_CTRL = control_flag("exit2", "load_host_ia32_spec_ctrl")
 
 _UPPER_32 = BitRange(32, 63)
 """Bits 63:32, which the 32-bit-host rules of §28.2.4 require to be 0 in the host RIP, IA32_S_CET
 and SSP fields."""
-
-
-def _fields(*names: str) -> tuple[VmcsField, ...]:
-    return tuple(VMCS_FIELDS[n] for n in names)
-
-
-def _reserved_mask(register: str) -> int:
-    """The bits of an MSR that its ``spec/x86`` rows name ``RESERVED_*``."""
-    return sum(b.mask for b in REGISTERS[register].bits if b.name.startswith("RESERVED"))
-
-
-def _is_64bit_host(vmcs: Vmcs) -> bool:
-    """The 'host address-space size' VM-exit control."""
-    return bool(vmcs.get(_EXIT_CONTROLS) & _HOST_ADDRESS_SPACE_SIZE)
-
-
-def _loads(vmcs: Vmcs, control: int) -> bool:
-    """Whether the primary VM-exit control ``control`` (a mask) is 1."""
-    return bool(vmcs.get(_EXIT_CONTROLS) & control)
-
-
-def _loads_secondary(vmcs: Vmcs, control: int) -> bool:
-    """Whether the secondary VM-exit control ``control`` (a mask) is in effect: it is 1 and the
-    'activate secondary controls' VM-exit control is 1."""
-    exit_controls = vmcs.get(_EXIT_CONTROLS)
-    return bool(exit_controls & _ACTIVATE_SECONDARY_EXIT_CONTROLS and vmcs.get(_SECONDARY_EXIT_CONTROLS) & control)
-
-
-def _non_canonical(vmcs: Vmcs, caps: Capabilities, fields: Iterable[VmcsField]) -> Iterator[str]:
-    """A message for each of ``fields`` whose value is not canonical for the processor."""
-    width = caps.require_fact("LINEAR_ADDRESS_WIDTH")
-    for field in fields:
-        value = vmcs.get(field)
-        if not is_canonical(value, width):
-            yield f"{field.name} = {value:#x} is not canonical ({width}-bit linear addresses)"
 
 
 def _misaligned(vmcs: Vmcs, fields: Iterable[VmcsField], low_bits: BitRange) -> Iterator[str]:
@@ -94,35 +64,19 @@ def _misaligned(vmcs: Vmcs, fields: Iterable[VmcsField], low_bits: BitRange) -> 
                    f"{1 << low_bits.width}-byte aligned")
 
 
-def _reserved_bits_set(field: VmcsField, value: int, reserved: int, register: str) -> Iterator[str]:
-    if value & reserved:
-        yield f"{field.name} = {value:#x} sets bits {value & reserved:#x} reserved in {register}"
-
-
 # ----------------------------------------------------------------------------- §28.2.2 CRs, MSRs, SSP
-
-
-def _fixed_bit_problems(register: str, value: int, caps: Capabilities) -> Iterator[str]:
-    fixed0, fixed1 = caps.msr(f"IA32_VMX_{register}_FIXED0"), caps.msr(f"IA32_VMX_{register}_FIXED1")
-    if fixed0 is None or fixed1 is None:
-        raise NotEvaluable(f"HOST_{register}", hex(value), f"the profile lacks IA32_VMX_{register}_FIXED0/1")
-    must_be_1, must_be_0 = fixed0 & ~value, value & ~fixed1 & mask(64)
-    if must_be_1:
-        yield f"HOST_{register} = {value:#x} clears bits {must_be_1:#x} that IA32_VMX_{register}_FIXED0 fixes to 1"
-    if must_be_0:
-        yield f"HOST_{register} = {value:#x} sets bits {must_be_0:#x} that IA32_VMX_{register}_FIXED1 fixes to 0"
 
 
 @entry_check("host.cr0.fixed_bits")
 def check_host_cr0_fixed_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The host CR0 field sets no bit to a value not supported in VMX operation (IA32_VMX_CR0_FIXED0/1)."""
-    yield from _fixed_bit_problems("CR0", vmcs.get(_HOST_CR0), caps)
+    yield from fixed_bit_problems(_HOST_CR0, "CR0", vmcs.get(_HOST_CR0), caps)
 
 
 @entry_check("host.cr4.fixed_bits")
 def check_host_cr4_fixed_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The host CR4 field sets no bit to a value not supported in VMX operation (IA32_VMX_CR4_FIXED0/1)."""
-    yield from _fixed_bit_problems("CR4", vmcs.get(_HOST_CR4), caps)
+    yield from fixed_bit_problems(_HOST_CR4, "CR4", vmcs.get(_HOST_CR4), caps)
 
 
 _CR4_CET = reg_bit("CR4", "CET")
@@ -160,24 +114,24 @@ def check_host_cr3_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryConte
                "without linear-address masking")
 
 
-_HOST_SYSENTER = _fields("HOST_IA32_SYSENTER_ESP", "HOST_IA32_SYSENTER_EIP")
+_HOST_SYSENTER = vmcs_fields("HOST_IA32_SYSENTER_ESP", "HOST_IA32_SYSENTER_EIP")
 
 
 @entry_check("host.sysenter.canonical")
 def check_host_sysenter_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The host IA32_SYSENTER_ESP and IA32_SYSENTER_EIP fields each hold a canonical address."""
-    yield from _non_canonical(vmcs, caps, _HOST_SYSENTER)
+    yield from non_canonical(vmcs, caps, _HOST_SYSENTER)
 
 
-_HOST_CET_ADDRESSES = _fields("HOST_S_CET", "HOST_INTR_SSP_TABLE")
+_HOST_CET_ADDRESSES = vmcs_fields("HOST_S_CET", "HOST_INTR_SSP_TABLE")
 
 
 @entry_check("host.cet.canonical")
 def check_host_cet_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'load CET state' is 1, the host IA32_S_CET and IA32_INTERRUPT_SSP_TABLE_ADDR fields each
     hold a canonical address."""
-    if _loads(vmcs, _LOAD_CET):
-        yield from _non_canonical(vmcs, caps, _HOST_CET_ADDRESSES)
+    if _LOAD_CET.on(vmcs):
+        yield from non_canonical(vmcs, caps, _HOST_CET_ADDRESSES)
 
 
 _HOST_PERF_GLOBAL_CTRL = VMCS_FIELDS["HOST_IA32_PERF_GLOBAL_CTRL"]
@@ -190,7 +144,7 @@ _EN_PERF_METRICS = reg_bit("IA32_PERF_GLOBAL_CTRL", "EN_PERF_METRICS").mask
 def check_host_perf_global_ctrl_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'load IA32_PERF_GLOBAL_CTRL' is 1, the host IA32_PERF_GLOBAL_CTRL field enables only
     counters the PMU has (CPUID leaf 0AH) and sets no reserved bit."""
-    if not _loads(vmcs, _LOAD_PERF_GLOBAL_CTRL):
+    if not _LOAD_PERF_GLOBAL_CTRL.on(vmcs):
         return
     value = vmcs.get(_HOST_PERF_GLOBAL_CTRL)
     gp, fixed = caps.require_fact("PMU_GP_COUNTERS"), caps.require_fact("PMU_FIXED_COUNTERS")
@@ -216,7 +170,7 @@ _PAT_TYPE_LIST = ", ".join(f"{v} ({n})" for v, n in sorted(_PAT_MEMORY_TYPES.ite
 def check_host_pat_valid(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'load IA32_PAT' is 1, each of the eight entries of the host IA32_PAT field holds a memory
     type the PAT can encode (UC, WC, WT, WP, WB or UC-)."""
-    if not _loads(vmcs, _LOAD_PAT):
+    if not _LOAD_PAT.on(vmcs):
         return
     pat = vmcs.get(_HOST_PAT)
     bad = [f"{e.name} = {e.bits.get(pat):#x}" for e in _PAT_ENTRIES if e.bits.get(pat) not in _PAT_MEMORY_TYPES]
@@ -237,7 +191,7 @@ _EFER_FEATURE_BITS = ((_EFER_LME.mask | _EFER_LMA.mask, "CPUID_LM", "LME/LMA"),
 def check_host_efer_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'load IA32_EFER' is 1, the host IA32_EFER field sets no reserved bit: none outside SCE,
     LME, LMA and NXE, no LME/LMA without Intel 64 support and no NXE without execute-disable."""
-    if not _loads(vmcs, _LOAD_EFER):
+    if not _LOAD_EFER.on(vmcs):
         return
     efer = vmcs.get(_HOST_EFER)
     if efer & _EFER_RESERVED:
@@ -252,16 +206,16 @@ def check_host_efer_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryCont
 def check_host_efer_lma_lme(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'load IA32_EFER' is 1, LMA and LME of the host IA32_EFER field each equal the 'host
     address-space size' VM-exit control."""
-    if not _loads(vmcs, _LOAD_EFER):
+    if not _LOAD_EFER.on(vmcs):
         return
-    efer, host_64 = vmcs.get(_HOST_EFER), _is_64bit_host(vmcs)
+    efer, host_64 = vmcs.get(_HOST_EFER), is_64bit_host(vmcs)
     for bit in (_EFER_LMA, _EFER_LME):
         if bool(efer & bit.mask) != host_64:
             yield (f"HOST_IA32_EFER = {efer:#x}: {bit.name} (bit {bit.bits}) is {int(not host_64)} but the "
                    f"'host address-space size' VM-exit control is {int(host_64)}")
 
 
-_S_CET_RESERVED = _reserved_mask("IA32_S_CET")
+_S_CET_RESERVED = reserved_mask("IA32_S_CET")
 _S_CET_SUPPRESS = reg_bit("IA32_S_CET", "SUPPRESS")
 _S_CET_TRACKER = reg_bit("IA32_S_CET", "TRACKER")
 
@@ -270,10 +224,10 @@ _S_CET_TRACKER = reg_bit("IA32_S_CET", "TRACKER")
 def check_host_s_cet_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'load CET state' is 1, the host IA32_S_CET field sets no reserved bit (9:6) and does not
     set both SUPPRESS and TRACKER."""
-    if not _loads(vmcs, _LOAD_CET):
+    if not _LOAD_CET.on(vmcs):
         return
     s_cet = vmcs.get(_HOST_S_CET)
-    yield from _reserved_bits_set(_HOST_S_CET, s_cet, _S_CET_RESERVED, "IA32_S_CET")
+    yield from reserved_bits_problem(_HOST_S_CET, s_cet, _S_CET_RESERVED, "IA32_S_CET")
     if s_cet & _S_CET_SUPPRESS.mask and s_cet & _S_CET_TRACKER.mask:
         yield (f"HOST_S_CET = {s_cet:#x} sets both SUPPRESS (bit {_S_CET_SUPPRESS.bits}) and "
                f"TRACKER (bit {_S_CET_TRACKER.bits})")
@@ -286,28 +240,28 @@ _SSP_ALIGNMENT = BitRange(0, 1)
 @entry_check("host.cet.ssp_alignment")
 def check_host_ssp_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'load CET state' is 1, bits 1:0 of the host SSP field are 0."""
-    if _loads(vmcs, _LOAD_CET):
+    if _LOAD_CET.on(vmcs):
         yield from _misaligned(vmcs, (_HOST_SSP,), _SSP_ALIGNMENT)
 
 
 _HOST_PKRS = VMCS_FIELDS["HOST_IA32_PKRS"]
-_PKRS_RESERVED = _reserved_mask("IA32_PKRS")
+_PKRS_RESERVED = reserved_mask("IA32_PKRS")
 
 
 @entry_check("host.pkrs.reserved_bits")
 def check_host_pkrs_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'load PKRS' is 1, bits 63:32 of the host IA32_PKRS field are 0."""
-    if _loads(vmcs, _LOAD_PKRS):
-        yield from _reserved_bits_set(_HOST_PKRS, vmcs.get(_HOST_PKRS), _PKRS_RESERVED, "IA32_PKRS")
+    if _LOAD_PKRS.on(vmcs):
+        yield from reserved_bits_problem(_HOST_PKRS, vmcs.get(_HOST_PKRS), _PKRS_RESERVED, "IA32_PKRS")
 
 
 def _loads_fred_for_64bit_host(vmcs: Vmcs) -> bool:
     """The FRED host-state rules apply: 'load FRED' and 'host address-space size' are both 1."""
-    return _is_64bit_host(vmcs) and _loads_secondary(vmcs, _LOAD_FRED)
+    return is_64bit_host(vmcs) and _LOAD_FRED.on(vmcs)
 
 
 _HOST_FRED_CONFIG = VMCS_FIELDS["HOST_IA32_FRED_CONFIG"]
-_FRED_CONFIG_RESERVED = _reserved_mask("IA32_FRED_CONFIG")
+_FRED_CONFIG_RESERVED = reserved_mask("IA32_FRED_CONFIG")
 _FRED_ENTRYPOINT = reg_bit("IA32_FRED_CONFIG", "ENTRYPOINT")
 
 
@@ -318,14 +272,14 @@ def check_host_fred_config(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) ->
     if not _loads_fred_for_64bit_host(vmcs):
         return
     config = vmcs.get(_HOST_FRED_CONFIG)
-    yield from _reserved_bits_set(_HOST_FRED_CONFIG, config, _FRED_CONFIG_RESERVED, "IA32_FRED_CONFIG")
-    width = caps.require_fact("LINEAR_ADDRESS_WIDTH")
+    yield from reserved_bits_problem(_HOST_FRED_CONFIG, config, _FRED_CONFIG_RESERVED, "IA32_FRED_CONFIG")
+    width = linear_width(caps)
     if not is_canonical(config & _FRED_ENTRYPOINT.mask, width):
         yield (f"HOST_IA32_FRED_CONFIG = {config:#x}: the entry point (bits {_FRED_ENTRYPOINT.bits}) is not "
                f"canonical ({width}-bit linear addresses)")
 
 
-_HOST_FRED_RSPS = _fields("HOST_IA32_FRED_RSP1", "HOST_IA32_FRED_RSP2", "HOST_IA32_FRED_RSP3")
+_HOST_FRED_RSPS = vmcs_fields("HOST_IA32_FRED_RSP1", "HOST_IA32_FRED_RSP2", "HOST_IA32_FRED_RSP3")
 _FRED_RSP_ALIGNMENT = BitRange(0, 5)
 """Bits 5:0 of each host IA32_FRED_RSPi, which rule host.fred.rsp requires to be 0 (64-byte stacks)."""
 
@@ -336,10 +290,10 @@ def check_host_fred_rsp(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> It
     is 64-byte aligned and canonical."""
     if _loads_fred_for_64bit_host(vmcs):
         yield from _misaligned(vmcs, _HOST_FRED_RSPS, _FRED_RSP_ALIGNMENT)
-        yield from _non_canonical(vmcs, caps, _HOST_FRED_RSPS)
+        yield from non_canonical(vmcs, caps, _HOST_FRED_RSPS)
 
 
-_HOST_FRED_SSPS = _fields("HOST_IA32_FRED_SSP1", "HOST_IA32_FRED_SSP2", "HOST_IA32_FRED_SSP3")
+_HOST_FRED_SSPS = vmcs_fields("HOST_IA32_FRED_SSP1", "HOST_IA32_FRED_SSP2", "HOST_IA32_FRED_SSP3")
 _FRED_SSP_ALIGNMENT = BitRange(0, 2)
 """Bits 2:0 of each host IA32_FRED_SSPi, which rule host.fred.ssp requires to be 0 (8-byte aligned)."""
 
@@ -350,18 +304,18 @@ def check_host_fred_ssp(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> It
     is 8-byte aligned and canonical."""
     if _loads_fred_for_64bit_host(vmcs):
         yield from _misaligned(vmcs, _HOST_FRED_SSPS, _FRED_SSP_ALIGNMENT)
-        yield from _non_canonical(vmcs, caps, _HOST_FRED_SSPS)
+        yield from non_canonical(vmcs, caps, _HOST_FRED_SSPS)
 
 
 _HOST_SPEC_CTRL = VMCS_FIELDS["HOST_IA32_SPEC_CTRL"]
-_SPEC_CTRL_RESERVED = _reserved_mask("IA32_SPEC_CTRL")
+_SPEC_CTRL_RESERVED = reserved_mask("IA32_SPEC_CTRL")
 
 
 @entry_check("host.spec_ctrl.reserved_bits")
 def check_host_spec_ctrl_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'load host IA32_SPEC_CTRL' is 1, the host IA32_SPEC_CTRL field sets no reserved bit."""
-    if _loads_secondary(vmcs, _LOAD_SPEC_CTRL):
-        yield from _reserved_bits_set(_HOST_SPEC_CTRL, vmcs.get(_HOST_SPEC_CTRL), _SPEC_CTRL_RESERVED,
+    if _LOAD_SPEC_CTRL.on(vmcs):
+        yield from reserved_bits_problem(_HOST_SPEC_CTRL, vmcs.get(_HOST_SPEC_CTRL), _SPEC_CTRL_RESERVED,
                                       "IA32_SPEC_CTRL")
 
 
@@ -397,18 +351,18 @@ def check_host_selectors_cs_tr_nonnull(vmcs: Vmcs, caps: Capabilities, ctx: Entr
 @entry_check("host.selectors.ss_nonnull")
 def check_host_selectors_ss_nonnull(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'host address-space size' is 0, the host SS selector field is not 0000H."""
-    if not _is_64bit_host(vmcs):
+    if not is_64bit_host(vmcs):
         yield from (f"{message} while the 'host address-space size' VM-exit control is 0"
                     for message in _null_selectors(vmcs, ("SS",)))
 
 
-_HOST_BASES = _fields("HOST_FS_BASE", "HOST_GS_BASE", "HOST_GDTR_BASE", "HOST_IDTR_BASE", "HOST_TR_BASE")
+_HOST_BASES = vmcs_fields("HOST_FS_BASE", "HOST_GS_BASE", "HOST_GDTR_BASE", "HOST_IDTR_BASE", "HOST_TR_BASE")
 
 
 @entry_check("host.bases.canonical")
 def check_host_bases_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The host FS, GS, GDTR, IDTR and TR base-address fields each hold a canonical address."""
-    yield from _non_canonical(vmcs, caps, _HOST_BASES)
+    yield from non_canonical(vmcs, caps, _HOST_BASES)
 
 
 # ----------------------------------------------------------------------------- §28.2.4 address-space size
@@ -419,23 +373,23 @@ def check_vmm_outside_ia32e(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -
     """A VMM outside IA-32e mode sets neither 'IA-32e mode guest' nor 'host address-space size'."""
     if ctx.vmm_ia32e_mode:
         return
-    if vmcs.get(_ENTRY_CONTROLS) & _IA32E_MODE_GUEST:
+    if is_ia32e_guest(vmcs):
         yield "the 'IA-32e mode guest' VM-entry control is 1 but the VMM is outside IA-32e mode"
-    if _is_64bit_host(vmcs):
+    if is_64bit_host(vmcs):
         yield "the 'host address-space size' VM-exit control is 1 but the VMM is outside IA-32e mode"
 
 
 @entry_check("address_space.vmm_in_ia32e")
 def check_vmm_in_ia32e(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """A VMM in IA-32e mode sets 'host address-space size'."""
-    if ctx.vmm_ia32e_mode and not _is_64bit_host(vmcs):
+    if ctx.vmm_ia32e_mode and not is_64bit_host(vmcs):
         yield "the 'host address-space size' VM-exit control is 0 but the VMM is in IA-32e mode"
 
 
 @entry_check("address_space.host_32bit.no_ia32e_guest")
 def check_host_32bit_no_ia32e_guest(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'host address-space size' is 0, 'IA-32e mode guest' is 0."""
-    if not _is_64bit_host(vmcs) and vmcs.get(_ENTRY_CONTROLS) & _IA32E_MODE_GUEST:
+    if not is_64bit_host(vmcs) and is_ia32e_guest(vmcs):
         yield "the 'IA-32e mode guest' VM-entry control is 1 but the 'host address-space size' VM-exit control is 0"
 
 
@@ -443,27 +397,26 @@ def _host_cr4_bit_problem(vmcs: Vmcs, name: str, bit: BitRange, *, required: boo
     """A message if host CR4 bit ``bit`` is not ``required`` under the host address-space size."""
     cr4 = vmcs.get(_HOST_CR4)
     if bool(cr4 & bit.mask) != required:
-        size = int(_is_64bit_host(vmcs))
+        size = int(is_64bit_host(vmcs))
         yield (f"HOST_CR4 = {cr4:#x} {'clears' if required else 'sets'} {name} (bit {bit}) while the "
                f"'host address-space size' VM-exit control is {size}")
 
 
 _CR4_PCIDE = reg_bit("CR4", "PCIDE").bits
-_CR4_FRED = BitRange(32, 32)
-"""CR4.FRED, which rule address_space.host_32bit.cr4_fred names (registers.toml has no FRED row yet)."""
+_CR4_FRED = reg_bit("CR4", "FRED").bits
 
 
 @entry_check("address_space.host_32bit.cr4_pcide")
 def check_host_32bit_cr4_pcide(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'host address-space size' is 0, the host CR4 field clears PCIDE."""
-    if not _is_64bit_host(vmcs):
+    if not is_64bit_host(vmcs):
         yield from _host_cr4_bit_problem(vmcs, "PCIDE", _CR4_PCIDE, required=False)
 
 
 @entry_check("address_space.host_32bit.cr4_fred")
 def check_host_32bit_cr4_fred(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'host address-space size' is 0, the host CR4 field clears FRED (bit 32)."""
-    if not _is_64bit_host(vmcs):
+    if not is_64bit_host(vmcs):
         yield from _host_cr4_bit_problem(vmcs, "FRED", _CR4_FRED, required=False)
 
 
@@ -478,7 +431,7 @@ def _upper_bits_set(vmcs: Vmcs, fields: Iterable[VmcsField]) -> Iterator[str]:
 @entry_check("address_space.host_32bit.rip_upper_bits")
 def check_host_32bit_rip_upper_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'host address-space size' is 0, bits 63:32 of the host RIP field are 0."""
-    if not _is_64bit_host(vmcs):
+    if not is_64bit_host(vmcs):
         yield from _upper_bits_set(vmcs, (_HOST_RIP,))
 
 
@@ -486,7 +439,7 @@ def check_host_32bit_rip_upper_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryCo
 def check_host_32bit_cet_upper_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'host address-space size' is 0 and 'load CET state' is 1, bits 63:32 of the host
     IA32_S_CET and SSP fields are 0."""
-    if not _is_64bit_host(vmcs) and _loads(vmcs, _LOAD_CET):
+    if not is_64bit_host(vmcs) and _LOAD_CET.on(vmcs):
         yield from _upper_bits_set(vmcs, (_HOST_S_CET, _HOST_SSP))
 
 
@@ -500,7 +453,7 @@ _PAGING_LINEAR_WIDTH = {False: 48, True: 57}
 @entry_check("address_space.host_64bit.cr4_pae")
 def check_host_64bit_cr4_pae(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'host address-space size' is 1, the host CR4 field sets PAE."""
-    if _is_64bit_host(vmcs):
+    if is_64bit_host(vmcs):
         yield from _host_cr4_bit_problem(vmcs, "PAE", _CR4_PAE, required=True)
 
 
@@ -508,7 +461,7 @@ def check_host_64bit_cr4_pae(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) 
 def check_host_64bit_rip_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'host address-space size' is 1, the host RIP field is canonical for the paging mode the host
     uses after VM exit: 57 bits if the host CR4 field sets LA57, 48 bits otherwise."""
-    if not _is_64bit_host(vmcs):
+    if not is_64bit_host(vmcs):
         return
     rip, la57 = vmcs.get(_HOST_RIP), bool(vmcs.get(_HOST_CR4) & _CR4_LA57)
     width = _PAGING_LINEAR_WIDTH[la57]
@@ -519,5 +472,5 @@ def check_host_64bit_rip_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryCon
 @entry_check("address_space.host_64bit.ssp_canonical")
 def check_host_64bit_ssp_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'host address-space size' and 'load CET state' are 1, the host SSP field is canonical."""
-    if _is_64bit_host(vmcs) and _loads(vmcs, _LOAD_CET):
-        yield from _non_canonical(vmcs, caps, (_HOST_SSP,))
+    if is_64bit_host(vmcs) and _LOAD_CET.on(vmcs):
+        yield from non_canonical(vmcs, caps, (_HOST_SSP,))
