@@ -16,10 +16,10 @@ from collections.abc import Iterable, Iterator
 
 import attrs
 
-from vtx.bits import is_canonical, mask
+from vtx.bits import BitRange, is_canonical, mask
 from vtx.conditions import ControlAllowed
-from vtx.errors import NotEvaluable
-from vtx.spec import CONTROL_FIELDS, REGISTERS, VMCS_FIELDS, VmcsField, get_control, reg_bit
+from vtx.errors import NotEvaluable, SpecError
+from vtx.spec import CONTROL_FIELDS, REGISTERS, VMCS_FIELDS, VmcsField, _Table, get_control, reg_bit
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.vmcs import Vmcs
 
@@ -98,6 +98,17 @@ UNRESTRICTED_GUEST = control_flag("proc2", "unrestricted_guest")
 IA32E_MODE_GUEST = control_flag("entry", "ia32e_mode_guest")
 HOST_ADDRESS_SPACE_SIZE = control_flag("exit", "host_address_space_size")
 
+# The predicates below read the fields and masks of these flags directly: they run in many checks,
+# and one call is cheaper than a call through ControlFlag.on. The secondary control 'unrestricted
+# guest' keeps its activator test.
+if (IA32E_MODE_GUEST.activator_field is not None or HOST_ADDRESS_SPACE_SIZE.activator_field is not None
+        or UNRESTRICTED_GUEST.activator_field is None):
+    raise SpecError("spec/vmx/controls", "enabled_by", "vtx.vmx.entry.common expects the VM-entry and primary "
+                    "VM-exit controls to always exist and the secondary processor-based controls to be activated")
+_ENTRY_CONTROLS, _IA32E_MODE_GUEST = IA32E_MODE_GUEST.field, IA32E_MODE_GUEST.mask
+_EXIT_CONTROLS, _HOST_ADDRESS_SPACE_SIZE = HOST_ADDRESS_SPACE_SIZE.field, HOST_ADDRESS_SPACE_SIZE.mask
+_PROC, _ACTIVATE_SECONDARY = UNRESTRICTED_GUEST.activator_field, UNRESTRICTED_GUEST.activator
+_PROC2, _UNRESTRICTED_GUEST = UNRESTRICTED_GUEST.field, UNRESTRICTED_GUEST.mask
 _GUEST_CS_AR = VMCS_FIELDS["GUEST_CS_AR_BYTES"]
 _AR_L = reg_bit("VMCS_ACCESS_RIGHTS", "L").mask
 _GUEST_CR4 = VMCS_FIELDS["GUEST_CR4"]
@@ -107,31 +118,31 @@ CR4_FRED = reg_bit("CR4", "FRED").mask
 
 def is_unrestricted_guest(vmcs: Vmcs) -> bool:
     """'Unrestricted guest' is 1 (a secondary control: 0 while 'activate secondary controls' is 0)."""
-    return UNRESTRICTED_GUEST.on(vmcs)
+    return bool(vmcs.get(_PROC) & _ACTIVATE_SECONDARY and vmcs.get(_PROC2) & _UNRESTRICTED_GUEST)
 
 
 def is_ia32e_guest(vmcs: Vmcs) -> bool:
     """The guest will be in IA-32e mode: the 'IA-32e mode guest' VM-entry control is 1 (§25.8.1)."""
-    return IA32E_MODE_GUEST.on(vmcs)
+    return bool(vmcs.get(_ENTRY_CONTROLS) & _IA32E_MODE_GUEST)
 
 
 def is_64bit_guest(vmcs: Vmcs) -> bool:
     """The guest will start in 64-bit mode: 'IA-32e mode guest' is 1 and the guest CS access rights
     have L = 1 (§28.3.1.4)."""
-    return IA32E_MODE_GUEST.on(vmcs) and bool(vmcs.get(_GUEST_CS_AR) & _AR_L)
+    return bool(vmcs.get(_ENTRY_CONTROLS) & _IA32E_MODE_GUEST and vmcs.get(_GUEST_CS_AR) & _AR_L)
 
 
 def is_64bit_host(vmcs: Vmcs) -> bool:
     """The host will be in 64-bit mode after VM exit: the 'host address-space size' VM-exit control
     is 1 (§28.2.4)."""
-    return HOST_ADDRESS_SPACE_SIZE.on(vmcs)
+    return bool(vmcs.get(_EXIT_CONTROLS) & _HOST_ADDRESS_SPACE_SIZE)
 
 
 def ia32e_guest_sets_cr4_fred(vmcs: Vmcs) -> bool:
     """'IA-32e mode guest' and guest CR4.FRED are both 1 — the VMCS part of "the guest will use FRED
     transitions" (FRED specification, VM-entry checks); whether the processor must also support FRED
     is each rule's own."""
-    return IA32E_MODE_GUEST.on(vmcs) and bool(vmcs.get(_GUEST_CR4) & CR4_FRED)
+    return bool(vmcs.get(_ENTRY_CONTROLS) & _IA32E_MODE_GUEST and vmcs.get(_GUEST_CR4) & CR4_FRED)
 
 
 # ----------------------------------------------------------------------------- fields and registers
@@ -172,7 +183,41 @@ def fixed_bit_problems(field: VmcsField, register: str, value: int, caps: Capabi
         yield f"{field.name} = {value:#x} sets bits {must_be_0:#x} that IA32_VMX_{register}_FIXED1 fixes to 0"
 
 
+EFER_RESERVED = U64 & ~sum(b.mask for b in REGISTERS["IA32_EFER"].bits)
+"""IA32_EFER bits outside SCE, LME, LMA and NXE: reserved (SDM Vol. 3C §28.2.2, §28.3.1.1)."""
+EFER_FEATURE_BITS = ((reg_bit("IA32_EFER", "LME").mask | reg_bit("IA32_EFER", "LMA").mask, "CPUID_LM", "LME/LMA"),
+                     (reg_bit("IA32_EFER", "NXE").mask, "CPUID_NX", "NXE"))
+"""IA32_EFER bits that exist only where CPUID enumerates their feature: (mask, fact, name); elsewhere
+they are reserved too."""
+
+PAT_MEMORY_TYPES: dict[int, str] = {int(row["value"]): str(row["name"])
+                                    for row in _Table("x86/guest_state.toml").rows("pat_memory_type")}
+"""The memory types an IA32_PAT entry can encode (SDM Vol. 3A §13.12.2), value -> name; the host and
+guest IA32_PAT rules (§28.2.2, §28.3.1.1) require every entry to be one of them."""
+
 # ----------------------------------------------------------------------------- addresses
+
+
+def alignment_bits(n_bytes: int) -> BitRange:
+    """The low bits an ``n_bytes``-aligned address clears (a power of two): bits log2(n)-1:0."""
+    return BitRange(0, n_bytes.bit_length() - 2)
+
+
+ALIGN_4 = alignment_bits(4)
+"""Bits 1:0: the SSP fields are 4-byte aligned (§28.2.2, §28.3.1.4)."""
+ALIGN_8 = alignment_bits(8)
+"""Bits 2:0: 8-byte alignment (the FRED SSPi, the PID-pointer table)."""
+ALIGN_64 = alignment_bits(64)
+"""Bits 5:0: 64-byte alignment (the FRED RSPi, the posted-interrupt descriptor)."""
+ALIGN_4K = alignment_bits(4096)
+"""Bits 11:0: 4-KByte alignment (the bitmaps, pages and tables VMX controls reference, §28.2.1.1)."""
+CR3_LAM = BitRange(61, 62)
+"""CR3 bits 62:61 (LAM_U48 and LAM_U57), which the host and guest CR3 address-width rules (§28.2.2,
+§28.3.1.1) let be 1 on a processor that supports linear-address masking (ISE "Linear Address
+Masking": "VMX interactions"); registers.toml has no CR3 row yet."""
+BITS_63_32 = BitRange(32, 63)
+"""Bits 63:32, which the rules for 32-bit values held in 64-bit fields require to be 0 (a 32-bit host's
+RIP, IA32_S_CET and SSP, the guest DR7, RIP outside 64-bit mode, the CS/SS/DS/ES bases)."""
 
 
 def linear_width(caps: Capabilities) -> int:
@@ -181,11 +226,15 @@ def linear_width(caps: Capabilities) -> int:
     return caps.require_fact("LINEAR_ADDRESS_WIDTH")
 
 
+def _not_canonical(name: str, address: int, width: int, what: str = "") -> str:
+    return f"{name} = {address:#x}{what} is not canonical ({width}-bit linear addresses)"
+
+
 def canonical_problem(name: str, address: int, width: int, what: str = "") -> Iterator[str]:
     """The rule "``address`` is canonical" (SDM Vol. 1 §3.3.7.1: bits 63:``width``-1 all equal), for
     the field or value ``name`` (``what`` qualifies it, e.g. " (entry point)")."""
     if not is_canonical(address, width):
-        yield f"{name} = {address:#x}{what} is not canonical ({width}-bit linear addresses)"
+        yield _not_canonical(name, address, width, what)
 
 
 def non_canonical(vmcs: Vmcs, caps: Capabilities, fields: Iterable[VmcsField]) -> Iterator[str]:
@@ -193,7 +242,9 @@ def non_canonical(vmcs: Vmcs, caps: Capabilities, fields: Iterable[VmcsField]) -
     linear-address width."""
     width = linear_width(caps)
     for field in fields:
-        yield from canonical_problem(field.name, vmcs.get(field), width)
+        value = vmcs.get(field)
+        if not is_canonical(value, width):
+            yield _not_canonical(field.name, value, width)
 
 
 def upper_bits_equal(value: int, width: int) -> bool:

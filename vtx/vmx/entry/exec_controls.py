@@ -11,7 +11,14 @@ from vtx.errors import NotEvaluable
 from vtx.spec import VM_FUNCTIONS, VMCS_FIELDS, VmcsField, reg_bit
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import EntryContext, entry_check
-from vtx.vmx.entry.common import control_flag, required_msr_field, vmcs_fields
+from vtx.vmx.entry.common import (
+    ALIGN_4K,
+    ALIGN_8,
+    ALIGN_64,
+    control_flag,
+    required_msr_field,
+    vmcs_fields,
+)
 from vtx.vmx.eptp import EPTP
 from vtx.vmx.operation import physical_address_width
 from vtx.vmx.vmcs import Vmcs
@@ -75,10 +82,6 @@ def _excludes(vmcs: Vmcs, control: _Gate, excluded: _Gate) -> Iterator[str]:
 
 # ----------------------------------------------------------------------------- addresses
 
-# The alignment each rule states as "bits k:0 of the address must be 0" (§28.2.1.1).
-_4K_ALIGNED = BitRange(0, 11)
-_64_BYTE_ALIGNED = BitRange(0, 5)
-_8_BYTE_ALIGNED = BitRange(0, 2)
 
 
 def _misaligned(vmcs: Vmcs, fields: tuple[VmcsField, ...], low: BitRange, control: _Gate) -> Iterator[str]:
@@ -130,7 +133,7 @@ _EPT_POINTER = VMCS_FIELDS["EPT_POINTER"]
 _VM_FUNCTION_CONTROL = VMCS_FIELDS["VM_FUNCTION_CONTROL"]
 _TSC_MULTIPLIER = VMCS_FIELDS["TSC_MULTIPLIER"]
 _HLAT_POINTER = VMCS_FIELDS["HLAT_POINTER"]
-_HLATP_RESERVED = _4K_ALIGNED.mask & ~(reg_bit("HLATP", "PWT").mask | reg_bit("HLATP", "PCD").mask)
+_HLATP_RESERVED = ALIGN_4K.mask & ~(reg_bit("HLATP", "PWT").mask | reg_bit("HLATP", "PCD").mask)
 _HLAT_PREFIX_SIZE = VMCS_FIELDS["HLAT_PREFIX_SIZE"]
 
 
@@ -156,7 +159,7 @@ def check_cr3_target_count(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) ->
 @entry_check("controls.io_bitmaps.alignment")
 def check_io_bitmaps_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'use I/O bitmaps' 1, both I/O-bitmap addresses are 4-KByte aligned."""
-    yield from _misaligned(vmcs, _IO_BITMAPS, _4K_ALIGNED, _USE_IO_BITMAPS)
+    yield from _misaligned(vmcs, _IO_BITMAPS, ALIGN_4K, _USE_IO_BITMAPS)
 
 
 @entry_check("controls.io_bitmaps.address_width")
@@ -168,7 +171,7 @@ def check_io_bitmaps_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryCon
 @entry_check("controls.msr_bitmap.alignment")
 def check_msr_bitmap_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'use MSR bitmaps' 1, the MSR-bitmap address is 4-KByte aligned."""
-    yield from _misaligned(vmcs, _MSR_BITMAP, _4K_ALIGNED, _USE_MSR_BITMAPS)
+    yield from _misaligned(vmcs, _MSR_BITMAP, ALIGN_4K, _USE_MSR_BITMAPS)
 
 
 @entry_check("controls.msr_bitmap.address_width")
@@ -180,7 +183,7 @@ def check_msr_bitmap_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryCon
 @entry_check("controls.virtual_apic.alignment")
 def check_virtual_apic_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'use TPR shadow' 1, the virtual-APIC address is 4-KByte aligned."""
-    yield from _misaligned(vmcs, _VIRTUAL_APIC_PAGE, _4K_ALIGNED, _USE_TPR_SHADOW)
+    yield from _misaligned(vmcs, _VIRTUAL_APIC_PAGE, ALIGN_4K, _USE_TPR_SHADOW)
 
 
 @entry_check("controls.virtual_apic.address_width")
@@ -208,7 +211,7 @@ def check_tpr_threshold_vtpr(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) 
     if not _USE_TPR_SHADOW.on(vmcs) or _VIRTUALIZE_APIC_ACCESSES.on(vmcs) or _VIRTUAL_INTERRUPT_DELIVERY.on(vmcs):
         return
     page = vmcs.get(_VIRTUAL_APIC_PAGE[0])
-    if page & _4K_ALIGNED.mask or not fits_physical_width(page, physical_address_width(caps)):
+    if page & ALIGN_4K.mask or not fits_physical_width(page, physical_address_width(caps)):
         return
     threshold = _TPR_THRESHOLD_BITS.get(vmcs.get(_TPR_THRESHOLD))
     vtpr = ctx.read_int(page + _VTPR_OFFSET, 1)
@@ -232,7 +235,7 @@ def check_nmi_window_needs_virtual_nmis(vmcs: Vmcs, caps: Capabilities, ctx: Ent
 @entry_check("controls.apic_access.alignment")
 def check_apic_access_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'virtualize APIC accesses' 1, the APIC-access address is 4-KByte aligned."""
-    yield from _misaligned(vmcs, _APIC_ACCESS, _4K_ALIGNED, _VIRTUALIZE_APIC_ACCESSES)
+    yield from _misaligned(vmcs, _APIC_ACCESS, ALIGN_4K, _VIRTUALIZE_APIC_ACCESSES)
 
 
 @entry_check("controls.apic_access.address_width")
@@ -296,7 +299,7 @@ def check_posted_interrupt_notification_vector(vmcs: Vmcs, caps: Capabilities, c
 @entry_check("controls.posted_interrupts.descriptor_alignment")
 def check_posted_interrupt_descriptor_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'process posted interrupts' 1, the posted-interrupt descriptor address is 64-byte aligned."""
-    yield from _misaligned(vmcs, _PI_DESCRIPTOR, _64_BYTE_ALIGNED, _PROCESS_POSTED_INTERRUPTS)
+    yield from _misaligned(vmcs, _PI_DESCRIPTOR, ALIGN_64, _PROCESS_POSTED_INTERRUPTS)
 
 
 @entry_check("controls.posted_interrupts.descriptor_address_width")
@@ -339,7 +342,7 @@ def check_eptp_page_walk_length(vmcs: Vmcs, caps: Capabilities, ctx: EntryContex
                f"IA32_VMX_EPT_VPID_CAP allows")
 
 
-def _eptpcontrol_flag(vmcs: Vmcs, caps: Capabilities, flag: BitRange, capability: str, title: str) -> Iterator[str]:
+def _eptp_flag(vmcs: Vmcs, caps: Capabilities, flag: BitRange, capability: str, title: str) -> Iterator[str]:
     """With 'enable EPT' 1, EPTP bit ``flag`` is 0 unless IA32_VMX_EPT_VPID_CAP.``capability`` is 1."""
     if not _ENABLE_EPT.on(vmcs):
         return
@@ -351,14 +354,14 @@ def _eptpcontrol_flag(vmcs: Vmcs, caps: Capabilities, flag: BitRange, capability
 @entry_check("controls.eptp.accessed_dirty")
 def check_eptp_accessed_dirty(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'enable EPT' 1, EPTP bit 6 (EPT accessed and dirty flags) is 0 unless the processor supports them."""
-    yield from _eptpcontrol_flag(vmcs, caps, EPTP.accessed_dirty, EPTP.accessed_dirty_capability,
+    yield from _eptp_flag(vmcs, caps, EPTP.accessed_dirty, EPTP.accessed_dirty_capability,
                           "accessed and dirty flags")
 
 
 @entry_check("controls.eptp.supervisor_shadow_stack")
 def check_eptp_supervisor_shadow_stack(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'enable EPT' 1, EPTP bit 7 (supervisor shadow-stack control) is 0 unless the processor supports it."""
-    yield from _eptpcontrol_flag(vmcs, caps, EPTP.supervisor_shadow_stack, EPTP.supervisor_shadow_stack_capability,
+    yield from _eptp_flag(vmcs, caps, EPTP.supervisor_shadow_stack, EPTP.supervisor_shadow_stack_capability,
                           "supervisor shadow-stack control")
 
 
@@ -382,7 +385,7 @@ def check_pml_needs_ept(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> It
 @entry_check("controls.pml.alignment")
 def check_pml_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'enable PML' 1, the PML address is 4-KByte aligned."""
-    yield from _misaligned(vmcs, _PML, _4K_ALIGNED, _ENABLE_PML)
+    yield from _misaligned(vmcs, _PML, ALIGN_4K, _ENABLE_PML)
 
 
 @entry_check("controls.pml.address_width")
@@ -412,7 +415,7 @@ def check_spp_needs_ept(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> It
 @entry_check("controls.spp.alignment")
 def check_spp_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'sub-page write permissions for EPT' 1, the SPPTP is 4-KByte aligned."""
-    yield from _misaligned(vmcs, _SPPTP, _4K_ALIGNED, _SPP)
+    yield from _misaligned(vmcs, _SPPTP, ALIGN_4K, _SPP)
 
 
 @entry_check("controls.spp.address_width")
@@ -462,7 +465,7 @@ def check_eptp_switching_needs_ept(vmcs: Vmcs, caps: Capabilities, ctx: EntryCon
 @entry_check("controls.vmfunc.eptp_list_alignment")
 def check_eptp_list_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With the 'EPTP switching' VM function enabled, the EPTP-list address is 4-KByte aligned."""
-    yield from _misaligned(vmcs, _EPTP_LIST, _4K_ALIGNED, _EPTP_SWITCHING_ON)
+    yield from _misaligned(vmcs, _EPTP_LIST, ALIGN_4K, _EPTP_SWITCHING_ON)
 
 
 @entry_check("controls.vmfunc.eptp_list_address_width")
@@ -475,7 +478,7 @@ def check_eptp_list_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryCont
 @entry_check("controls.vmcs_shadowing.bitmap_alignment")
 def check_vmcs_shadowing_bitmap_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'VMCS shadowing' 1, the VMREAD-bitmap and VMWRITE-bitmap addresses are 4-KByte aligned."""
-    yield from _misaligned(vmcs, _VMCS_SHADOWING_BITMAPS, _4K_ALIGNED, _VMCS_SHADOWING)
+    yield from _misaligned(vmcs, _VMCS_SHADOWING_BITMAPS, ALIGN_4K, _VMCS_SHADOWING)
 
 
 @entry_check("controls.vmcs_shadowing.bitmap_address_width")
@@ -487,7 +490,7 @@ def check_vmcs_shadowing_bitmap_address_width(vmcs: Vmcs, caps: Capabilities, ct
 @entry_check("controls.ept_violation_ve.alignment")
 def check_ept_violation_ve_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'EPT-violation #VE' 1, the virtualization-exception information address is 4-KByte aligned."""
-    yield from _misaligned(vmcs, _VE_INFORMATION, _4K_ALIGNED, _EPT_VIOLATION_VE)
+    yield from _misaligned(vmcs, _VE_INFORMATION, ALIGN_4K, _EPT_VIOLATION_VE)
 
 
 @entry_check("controls.ept_violation_ve.address_width")
@@ -552,7 +555,7 @@ def check_hlat_prefix_size(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) ->
 @entry_check("controls.pasid_translation.alignment")
 def check_pasid_directory_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'PASID translation' 1, the low and high PASID-directory addresses are 4-KByte aligned."""
-    yield from _misaligned(vmcs, _PASID_DIRECTORIES, _4K_ALIGNED, _PASID_TRANSLATION)
+    yield from _misaligned(vmcs, _PASID_DIRECTORIES, ALIGN_4K, _PASID_TRANSLATION)
 
 
 @entry_check("controls.pasid_translation.address_width")
@@ -564,7 +567,7 @@ def check_pasid_directory_address_width(vmcs: Vmcs, caps: Capabilities, ctx: Ent
 @entry_check("controls.ipi_virtualization.pid_table_alignment")
 def check_pid_pointer_table_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'IPI virtualization' 1, the PID-pointer table address is 8-byte aligned."""
-    yield from _misaligned(vmcs, _PID_POINTER_TABLE, _8_BYTE_ALIGNED, _IPI_VIRTUALIZATION)
+    yield from _misaligned(vmcs, _PID_POINTER_TABLE, ALIGN_8, _IPI_VIRTUALIZATION)
 
 
 @entry_check("controls.ipi_virtualization.pid_table_address_width")

@@ -12,6 +12,7 @@ from vtx.spec import VMCS_FIELDS, VmcsField, reg_bit
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import EntryContext, entry_check
 from vtx.vmx.entry.common import (
+    BITS_63_32,
     canonical_problem,
     cpuid_support,
     ia32e_guest_sets_cr4_fred,
@@ -89,7 +90,7 @@ _V8086_AR = _AR_TYPE.put(0, _DATA_RW_ACCESSED) | _AR_S | _AR_DPL.put(0, _DPL_USE
 _LIMIT_LOW = BitRange(0, 11).mask
 _LIMIT_HIGH = BitRange(20, 31).mask
 # The CS, SS, DS and ES bases must have bits 63:32 clear.
-_BASE_UPPER = BitRange(32, 63).mask
+_BASE_UPPER = BITS_63_32.mask
 
 
 def _fmt_types(types: frozenset[int]) -> str:

@@ -15,14 +15,21 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from vtx import spec
 from vtx.bits import BitRange, mask
 from vtx.errors import NotEvaluable
 from vtx.spec import REGISTERS, VMCS_FIELDS, VmcsField, reg_bit
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import EntryContext, entry_check
 from vtx.vmx.entry.common import (
+    ALIGN_4,
+    ALIGN_8,
+    ALIGN_64,
+    BITS_63_32,
+    CR3_LAM,
     CR4_FRED,
+    EFER_FEATURE_BITS,
+    EFER_RESERVED,
+    PAT_MEMORY_TYPES,
     U64,
     canonical_problem,
     control_flag,
@@ -102,7 +109,7 @@ _DEBUGCTL_RESERVED = reserved_mask("IA32_DEBUGCTL")
 
 
 @entry_check("guest.debugctl.reserved_bits")
-def check_guest_debugctlreserved_mask(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+def check_guest_debugctl_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load debug controls" 1, the guest IA32_DEBUGCTL field sets no bit reserved in that MSR."""
     if _LOAD_DEBUG_CONTROLS.on(vmcs):
         yield from reserved_bits_problem(_GUEST_DEBUGCTL, vmcs.get(_GUEST_DEBUGCTL), _DEBUGCTL_RESERVED,
@@ -140,9 +147,7 @@ def check_guest_non_ia32e_cr4_fred(vmcs: Vmcs, caps: Capabilities, ctx: EntryCon
         yield f"GUEST_CR4 = {cr4:#x} sets FRED although 'IA-32e mode guest' is 0"
 
 
-# CR3 bits 62:61 (LAM_U48 and LAM_U57), which a processor that supports linear-address masking
-# accepts (ISE "Linear Address Masking": "VMX interactions"); x86/registers.toml has no CR3 row yet.
-_CR3_LAM = BitRange(61, 62).mask
+_CR3_LAM = CR3_LAM.mask
 # The rule checks bits 51:32 beyond the physical-address width and bits 63:52 (SDM Vol. 3C §28.3.1.1);
 # bits 31:0 are never checked.
 _CR3_ALWAYS_CHECKED_FROM = 32
@@ -162,7 +167,7 @@ def check_guest_cr3_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryCont
 
 
 _GUEST_DR7 = VMCS_FIELDS["GUEST_DR7"]
-_DR7_UPPER = BitRange(32, 63)  # SDM Vol. 3C §28.3.1.1: "bits 63:32 in the DR7 field must be 0"
+_DR7_UPPER = BITS_63_32  # SDM Vol. 3C §28.3.1.1: "bits 63:32 in the DR7 field must be 0"
 
 
 @entry_check("guest.dr7.upper_bits")
@@ -208,7 +213,7 @@ _PERF_GLOBAL_CTRL_RESERVED = reserved_mask("IA32_PERF_GLOBAL_CTRL")
 
 
 @entry_check("guest.perf_global_ctrl.reserved_bits")
-def check_guest_perf_global_ctrlreserved_mask(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+def check_guest_perf_global_ctrl_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load IA32_PERF_GLOBAL_CTRL" 1, the guest IA32_PERF_GLOBAL_CTRL field enables no counter
     beyond those CPUID leaf 0AH reports and sets no reserved bit."""
     if not _LOAD_PERF_GLOBAL_CTRL.on(vmcs):
@@ -229,7 +234,6 @@ def check_guest_perf_global_ctrlreserved_mask(vmcs: Vmcs, caps: Capabilities, ct
 _GUEST_PAT = VMCS_FIELDS["GUEST_IA32_PAT"]
 _LOAD_PAT = control_flag("entry", "load_ia32_pat")
 _PAT_ENTRIES = tuple(b.bits for b in REGISTERS["IA32_PAT"].bits)
-_PAT_MEMORY_TYPES = frozenset(int(r["value"]) for r in spec._Table("x86/guest_state.toml").rows("pat_memory_type"))
 
 
 @entry_check("guest.pat.valid")
@@ -241,30 +245,25 @@ def check_guest_pat_valid(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> 
     pat = vmcs.get(_GUEST_PAT)
     for i, entry in enumerate(_PAT_ENTRIES):
         memory_type = entry.get(pat)
-        if memory_type not in _PAT_MEMORY_TYPES:
+        if memory_type not in PAT_MEMORY_TYPES:
             yield f"GUEST_IA32_PAT = {pat:#x}: entry PA{i} = {memory_type:#x} is not a valid PAT memory type"
 
 
 _GUEST_EFER = VMCS_FIELDS["GUEST_IA32_EFER"]
 _LOAD_EFER = control_flag("entry", "load_ia32_efer")
-_EFER_SCE = reg_bit("IA32_EFER", "SCE").mask
 _EFER_LME = reg_bit("IA32_EFER", "LME").mask
 _EFER_LMA = reg_bit("IA32_EFER", "LMA").mask
-_EFER_NXE = reg_bit("IA32_EFER", "NXE").mask
-_EFER_RESERVED = U64 & ~(_EFER_SCE | _EFER_LME | _EFER_LMA | _EFER_NXE)
-# Bits that exist only where CPUID enumerates their feature.
-_EFER_ENUMERATED = ((_EFER_LME | _EFER_LMA, "CPUID_LM"), (_EFER_NXE, "CPUID_NX"))
 
 
 @entry_check("guest.efer.reserved_bits")
-def check_guest_eferreserved_mask(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+def check_guest_efer_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load IA32_EFER" 1, the guest IA32_EFER field sets no reserved bit: only SCE, LME and LMA
     (with Intel 64 support) and NXE (with execute-disable support) may be 1."""
     if not _LOAD_EFER.on(vmcs):
         return
     efer = vmcs.get(_GUEST_EFER)
-    reserved = _EFER_RESERVED
-    for bits, fact in _EFER_ENUMERATED:
+    reserved = EFER_RESERVED
+    for bits, fact, _ in EFER_FEATURE_BITS:
         if efer & bits and not caps.require_fact(fact):
             reserved |= bits
     yield from reserved_bits_problem(_GUEST_EFER, efer, reserved, "IA32_EFER")
@@ -299,7 +298,7 @@ _BNDCFGS_BASE = reg_bit("IA32_BNDCFGS", "BASE").mask
 
 
 @entry_check("guest.bndcfgs.reserved_bits")
-def check_guest_bndcfgsreserved_mask(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+def check_guest_bndcfgs_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load IA32_BNDCFGS" 1, bits 11:2 of the guest IA32_BNDCFGS field are 0."""
     if _LOAD_BNDCFGS.on(vmcs):
         yield from reserved_bits_problem(_GUEST_BNDCFGS, vmcs.get(_GUEST_BNDCFGS), _BNDCFGS_RESERVED, "IA32_BNDCFGS")
@@ -336,7 +335,7 @@ _S_CET_SUPPRESS_AND_TRACKER = reg_bit("IA32_S_CET", "SUPPRESS").mask | reg_bit("
 
 
 @entry_check("guest.cet.s_cet_reserved_bits")
-def check_guest_s_cetreserved_mask(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+def check_guest_s_cet_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load CET state" 1, the guest IA32_S_CET field clears its reserved bits 9:6 and does not
     set both SUPPRESS (bit 10) and TRACKER (bit 11)."""
     if not _LOAD_CET_STATE.on(vmcs):
@@ -357,7 +356,7 @@ _UINV_UPPER = BitRange(8, 15)  # SDM Vol. 3C §28.3.1.1: "bits 15:8 of the guest
 
 
 @entry_check("guest.uinv.reserved_bits")
-def check_guest_uinvreserved_mask(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+def check_guest_uinv_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With "load UINV" 1, bits 15:8 of the guest UINV field are 0 (UINV is an 8-bit vector)."""
     if _LOAD_UINV.on(vmcs):
         yield from _clear_bits_problem(_GUEST_UINV, vmcs.get(_GUEST_UINV), _UINV_UPPER, "must be 0")
@@ -397,8 +396,8 @@ _GUEST_FRED_RSP = tuple(VMCS_FIELDS[f"GUEST_IA32_FRED_RSP{i}"] for i in (1, 2, 3
 _GUEST_FRED_SSP = tuple(VMCS_FIELDS[f"GUEST_IA32_FRED_SSP{i}"] for i in (1, 2, 3))
 # FRED specification, VM-entry checks on guest FRED state: the stack pointers are 64-byte aligned
 # (bits 5:0 clear), the shadow-stack pointers 8-byte aligned (bits 2:0 clear).
-_FRED_RSP_LOW = BitRange(0, 5)
-_FRED_SSP_LOW = BitRange(0, 2)
+_FRED_RSP_LOW = ALIGN_64
+_FRED_SSP_LOW = ALIGN_8
 
 
 @entry_check("guest.fred.rsp")
@@ -424,14 +423,14 @@ _register_msr_reserved_check("guest.spec_ctrl.reserved_bits", "GUEST_IA32_SPEC_C
 
 _DTR = (("GDTR", VMCS_FIELDS["GUEST_GDTR_BASE"], VMCS_FIELDS["GUEST_GDTR_LIMIT"]),
         ("IDTR", VMCS_FIELDS["GUEST_IDTR_BASE"], VMCS_FIELDS["GUEST_IDTR_LIMIT"]))
+_DTR_BASES = tuple(base for _, base, _ in _DTR)
 _DTR_LIMIT_UPPER = BitRange(16, 31)  # SDM Vol. 3C §28.3.1.3: bits 31:16 of each limit field must be 0
 
 
 @entry_check("guest.dtr.base_canonical")
 def check_guest_dtr_base_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The guest GDTR and IDTR base fields each hold a canonical address."""
-    for _, base, _ in _DTR:
-        yield from canonical_problem(base.name, vmcs.get(base), linear_width(caps))
+    yield from non_canonical(vmcs, caps, _DTR_BASES)
 
 
 @entry_check("guest.dtr.limit_upper_bits")
@@ -445,7 +444,7 @@ def check_guest_dtr_limit_upper_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryC
 
 _GUEST_RIP = VMCS_FIELDS["GUEST_RIP"]
 _GUEST_RFLAGS = VMCS_FIELDS["GUEST_RFLAGS"]
-_RIP_UPPER = BitRange(32, 63)  # SDM Vol. 3C §28.3.1.4: bits 63:32 must be 0 outside 64-bit mode
+_RIP_UPPER = BITS_63_32  # SDM Vol. 3C §28.3.1.4: bits 63:32 must be 0 outside 64-bit mode
 
 
 @entry_check("guest.rip.upper_bits")
@@ -476,7 +475,7 @@ _RFLAGS_IOPL = reg_bit("RFLAGS", "IOPL").bits
 
 
 @entry_check("guest.rflags.reserved_bits")
-def check_guest_rflagsreserved_mask(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
+def check_guest_rflags_reserved(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Reserved bits 63:22, 15, 5 and 3 of the RFLAGS field are 0 and reserved bit 1 is 1."""
     rflags = vmcs.get(_GUEST_RFLAGS)
     if rflags & _RFLAGS_RESERVED:
@@ -532,7 +531,7 @@ def check_guest_rflags_fred_iopl(vmcs: Vmcs, caps: Capabilities, ctx: EntryConte
 
 
 _GUEST_SSP = VMCS_FIELDS["GUEST_SSP"]
-_SSP_LOW = BitRange(0, 1)  # SDM Vol. 3C §28.3.1.4: bits 1:0 of the SSP field must be 0
+_SSP_LOW = ALIGN_4  # SDM Vol. 3C §28.3.1.4: bits 1:0 of the SSP field must be 0
 
 
 @entry_check("guest.ssp.alignment")

@@ -17,10 +17,18 @@ from collections.abc import Iterable, Iterator
 
 from vtx.bits import BitRange, is_canonical, mask
 from vtx.errors import NotEvaluable
-from vtx.spec import REGISTERS, VMCS_FIELDS, VmcsField, _Table, reg_bit
+from vtx.spec import REGISTERS, VMCS_FIELDS, VmcsField, reg_bit
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import EntryContext, entry_check
 from vtx.vmx.entry.common import (
+    ALIGN_4,
+    ALIGN_8,
+    ALIGN_64,
+    BITS_63_32,
+    CR3_LAM,
+    EFER_FEATURE_BITS,
+    EFER_RESERVED,
+    PAT_MEMORY_TYPES,
     control_flag,
     fixed_bit_problems,
     is_64bit_host,
@@ -49,10 +57,6 @@ _LOAD_CET = control_flag("exit", "load_cet_state")
 _LOAD_PKRS = control_flag("exit", "load_pkrs")
 _LOAD_FRED = control_flag("exit2", "load_fred")
 _LOAD_SPEC_CTRL = control_flag("exit2", "load_host_ia32_spec_ctrl")
-
-_UPPER_32 = BitRange(32, 63)
-"""Bits 63:32, which the 32-bit-host rules of §28.2.4 require to be 0 in the host RIP, IA32_S_CET
-and SSP fields."""
 
 
 def _misaligned(vmcs: Vmcs, fields: Iterable[VmcsField], low_bits: BitRange) -> Iterator[str]:
@@ -94,11 +98,6 @@ def check_host_cr4_cet_needs_wp(vmcs: Vmcs, caps: Capabilities, ctx: EntryContex
                    f"clears WP (bit {_CR0_WP.bits})")
 
 
-_CR3_LAM = BitRange(61, 62)
-"""CR3 bits 61 (LAM_U57) and 62 (LAM_U48): the rule host.cr3.address_width lets them be 1 on
-processors that support linear-address masking (registers.toml has no CR3 row yet)."""
-
-
 @entry_check("host.cr3.address_width")
 def check_host_cr3_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The host CR3 field sets no bit at or above the physical-address width, except bits 62:61
@@ -106,11 +105,11 @@ def check_host_cr3_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryConte
     cr3 = vmcs.get(_HOST_CR3)
     width = caps.require_fact("MAXPHYADDR")
     beyond = cr3 & ~mask(width)
-    if beyond & ~_CR3_LAM.mask:
-        yield (f"HOST_CR3 = {cr3:#x} sets bits {beyond & ~_CR3_LAM.mask:#x} at or above the "
+    if beyond & ~CR3_LAM.mask:
+        yield (f"HOST_CR3 = {cr3:#x} sets bits {beyond & ~CR3_LAM.mask:#x} at or above the "
                f"physical-address width ({width} bits)")
     elif beyond and not caps.require_fact("CPUID_LAM"):
-        yield (f"HOST_CR3 = {cr3:#x} sets the LAM bits {beyond:#x} (bits {_CR3_LAM}) on a processor "
+        yield (f"HOST_CR3 = {cr3:#x} sets the LAM bits {beyond:#x} (bits {CR3_LAM}) on a processor "
                "without linear-address masking")
 
 
@@ -161,9 +160,7 @@ def check_host_perf_global_ctrl_reserved_bits(vmcs: Vmcs, caps: Capabilities, ct
 
 _HOST_PAT = VMCS_FIELDS["HOST_IA32_PAT"]
 _PAT_ENTRIES = tuple(REGISTERS["IA32_PAT"].bits)
-_PAT_MEMORY_TYPES = {int(row["value"]): str(row["name"])
-                     for row in _Table("x86/guest_state.toml").rows("pat_memory_type")}
-_PAT_TYPE_LIST = ", ".join(f"{v} ({n})" for v, n in sorted(_PAT_MEMORY_TYPES.items()))
+_PAT_TYPE_LIST = ", ".join(f"{v} ({n})" for v, n in sorted(PAT_MEMORY_TYPES.items()))
 
 
 @entry_check("host.pat.valid")
@@ -173,18 +170,14 @@ def check_host_pat_valid(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> I
     if not _LOAD_PAT.on(vmcs):
         return
     pat = vmcs.get(_HOST_PAT)
-    bad = [f"{e.name} = {e.bits.get(pat):#x}" for e in _PAT_ENTRIES if e.bits.get(pat) not in _PAT_MEMORY_TYPES]
+    bad = [f"{e.name} = {e.bits.get(pat):#x}" for e in _PAT_ENTRIES if e.bits.get(pat) not in PAT_MEMORY_TYPES]
     if bad:
         yield f"HOST_IA32_PAT = {pat:#018x}: {', '.join(bad)} not a PAT memory type ({_PAT_TYPE_LIST})"
 
 
 _HOST_EFER = VMCS_FIELDS["HOST_IA32_EFER"]
-_EFER_RESERVED = mask(64) & ~sum(b.mask for b in REGISTERS["IA32_EFER"].bits)
 _EFER_LMA = reg_bit("IA32_EFER", "LMA")
 _EFER_LME = reg_bit("IA32_EFER", "LME")
-_EFER_FEATURE_BITS = ((_EFER_LME.mask | _EFER_LMA.mask, "CPUID_LM", "LME/LMA"),
-                      (reg_bit("IA32_EFER", "NXE").mask, "CPUID_NX", "NXE"))
-"""EFER bits that exist only where CPUID enumerates their feature: (mask, fact, name)."""
 
 
 @entry_check("host.efer.reserved_bits")
@@ -194,10 +187,10 @@ def check_host_efer_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryCont
     if not _LOAD_EFER.on(vmcs):
         return
     efer = vmcs.get(_HOST_EFER)
-    if efer & _EFER_RESERVED:
-        yield f"HOST_IA32_EFER = {efer:#x} sets reserved bits {efer & _EFER_RESERVED:#x}"
+    if efer & EFER_RESERVED:
+        yield f"HOST_IA32_EFER = {efer:#x} sets reserved bits {efer & EFER_RESERVED:#x}"
         return
-    for bits, fact, name in _EFER_FEATURE_BITS:
+    for bits, fact, name in EFER_FEATURE_BITS:
         if efer & bits and not caps.require_fact(fact):
             yield f"HOST_IA32_EFER = {efer:#x} sets {name}, reserved on a processor without {fact}"
 
@@ -233,15 +226,11 @@ def check_host_s_cet_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryCon
                f"TRACKER (bit {_S_CET_TRACKER.bits})")
 
 
-_SSP_ALIGNMENT = BitRange(0, 1)
-"""Host SSP bits 1:0, which rule host.cet.ssp_alignment requires to be 0 (§28.2.2)."""
-
-
 @entry_check("host.cet.ssp_alignment")
 def check_host_ssp_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If 'load CET state' is 1, bits 1:0 of the host SSP field are 0."""
     if _LOAD_CET.on(vmcs):
-        yield from _misaligned(vmcs, (_HOST_SSP,), _SSP_ALIGNMENT)
+        yield from _misaligned(vmcs, (_HOST_SSP,), ALIGN_4)
 
 
 _HOST_PKRS = VMCS_FIELDS["HOST_IA32_PKRS"]
@@ -280,8 +269,6 @@ def check_host_fred_config(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) ->
 
 
 _HOST_FRED_RSPS = vmcs_fields("HOST_IA32_FRED_RSP1", "HOST_IA32_FRED_RSP2", "HOST_IA32_FRED_RSP3")
-_FRED_RSP_ALIGNMENT = BitRange(0, 5)
-"""Bits 5:0 of each host IA32_FRED_RSPi, which rule host.fred.rsp requires to be 0 (64-byte stacks)."""
 
 
 @entry_check("host.fred.rsp")
@@ -289,13 +276,11 @@ def check_host_fred_rsp(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> It
     """If 'load FRED' and 'host address-space size' are 1, each host IA32_FRED_RSPi field (i = 1-3)
     is 64-byte aligned and canonical."""
     if _loads_fred_for_64bit_host(vmcs):
-        yield from _misaligned(vmcs, _HOST_FRED_RSPS, _FRED_RSP_ALIGNMENT)
+        yield from _misaligned(vmcs, _HOST_FRED_RSPS, ALIGN_64)
         yield from non_canonical(vmcs, caps, _HOST_FRED_RSPS)
 
 
 _HOST_FRED_SSPS = vmcs_fields("HOST_IA32_FRED_SSP1", "HOST_IA32_FRED_SSP2", "HOST_IA32_FRED_SSP3")
-_FRED_SSP_ALIGNMENT = BitRange(0, 2)
-"""Bits 2:0 of each host IA32_FRED_SSPi, which rule host.fred.ssp requires to be 0 (8-byte aligned)."""
 
 
 @entry_check("host.fred.ssp")
@@ -303,7 +288,7 @@ def check_host_fred_ssp(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> It
     """If 'load FRED' and 'host address-space size' are 1, each host IA32_FRED_SSPi field (i = 1-3)
     is 8-byte aligned and canonical."""
     if _loads_fred_for_64bit_host(vmcs):
-        yield from _misaligned(vmcs, _HOST_FRED_SSPS, _FRED_SSP_ALIGNMENT)
+        yield from _misaligned(vmcs, _HOST_FRED_SSPS, ALIGN_8)
         yield from non_canonical(vmcs, caps, _HOST_FRED_SSPS)
 
 
@@ -423,8 +408,8 @@ def check_host_32bit_cr4_fred(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext)
 def _upper_bits_set(vmcs: Vmcs, fields: Iterable[VmcsField]) -> Iterator[str]:
     for field in fields:
         value = vmcs.get(field)
-        if value & _UPPER_32.mask:
-            yield (f"{field.name} = {value:#x} sets bits {_UPPER_32} while the 'host address-space size' "
+        if value & BITS_63_32.mask:
+            yield (f"{field.name} = {value:#x} sets bits {BITS_63_32} while the 'host address-space size' "
                    "VM-exit control is 0")
 
 
