@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from vtx import __version__, spec
+from vtx.dumps import explain_cmd
 from vtx.errors import VtxError
 from vtx.paging import translate_cmd
 from vtx.vmx import check_cmd
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_field)
     translate_cmd.add_parser(sub)
     check_cmd.add_parsers(sub)
+    explain_cmd.add_parser(sub)
     return parser
 
 

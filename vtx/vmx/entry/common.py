@@ -195,6 +195,16 @@ PAT_MEMORY_TYPES: dict[int, str] = {int(row["value"]): str(row["name"])
 """The memory types an IA32_PAT entry can encode (SDM Vol. 3A §13.12.2), value -> name; the host and
 guest IA32_PAT rules (§28.2.2, §28.3.1.1) require every entry to be one of them."""
 
+PAT_ENTRIES = tuple(b.bits for b in REGISTERS["IA32_PAT"].bits)
+"""The eight one-byte entries PA0-PA7 of IA32_PAT."""
+
+
+def invalid_pat_entries(pat: int) -> list[tuple[int, int]]:
+    """The entries of IA32_PAT value ``pat`` that hold no memory type the PAT can encode, as (i, value)
+    for entry PAi; WRMSR of such a value raises #GP (SDM Vol. 3A §13.12.2 "IA32_PAT MSR")."""
+    return [(i, t) for i, bits in enumerate(PAT_ENTRIES) if (t := bits.get(pat)) not in PAT_MEMORY_TYPES]
+
+
 # ----------------------------------------------------------------------------- addresses
 
 
