@@ -132,3 +132,21 @@ def test_check_works_as_an_installed_command(tmp_path: Path, capsys: pytest.Capt
     proc = subprocess.run([sys.executable, "-m", "vtx.cli", "check", write(tmp_path, doc)], capture_output=True,
                           text=True, check=False)
     assert proc.returncode == 0 and "outcome: success" in proc.stdout
+
+
+def test_svm_template_then_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run_cli(["template", "long-mode", "--arch", "svm", "--json"], capsys)
+    doc = json.loads(out)
+    assert status == 0 and doc["arch"] == "svm"
+    status, out, _ = run_cli(["check", write(tmp_path, doc), "--json"], capsys)
+    assert status == 0 and json.loads(out)["outcome"] == "success"
+    doc["fields"]["save.efer"] = "0x0"
+    status, out, _ = run_cli(["check", write(tmp_path, doc), "--json"], capsys)
+    result = json.loads(out)
+    assert status == 1 and result["outcome"] == "VMEXIT_INVALID"
+    assert any(v["id"] == "save.efer_svme" for v in result["violations"])
+
+
+def test_unknown_arch_is_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run_cli(["check", write(tmp_path, {"arch": "arm", "fields": {}})], capsys)
+    assert status == 2 and "arch" in err

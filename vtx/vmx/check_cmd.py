@@ -23,6 +23,8 @@ from vtx.inputs import check_keys, json_bool, json_int, json_object
 from vtx.outcomes import InstructionOutcome, VmEntered, VmEntryFailed, VmFailInvalid, VmFailValid
 from vtx.paging.memory import parse_memory
 from vtx.spec import VMCS_FIELDS
+from vtx.svm.check_cmd import DEFAULT_SVM_PRESET, check_svm_document, svm_template_document
+from vtx.svm.templates import SVM_TEMPLATES
 from vtx.vmx import instructions
 from vtx.vmx.capabilities import Capabilities, load_preset, preset_names, read_json, resolve_capabilities
 from vtx.vmx.entry import EntryContext, EntryOutcome, evaluate_vm_entry
@@ -32,6 +34,7 @@ from vtx.vmx.templates import TEMPLATES, build_template
 from vtx.vmx.vmcs import LaunchState, Vmcs
 
 TOP_KEYS = ("fields", "profile", "capabilities", "memory", "processor")
+"""Keys of a VMX document (an optional ``"arch": "vmx"`` is accepted too)."""
 PROCESSOR_KEYS = ("instruction", "launch_state", "current_vmcs", "blocking_by_mov_ss", "vmm_ia32e_mode", "in_smm",
                   "shadow_vmcs", "vmcs_address", "vmxon_pointer")
 DEFAULT_VMCS_ADDRESS = 0xFFFF_E000
@@ -158,17 +161,41 @@ def render(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def render_svm(result: Mapping[str, Any]) -> str:
+    lines = [f"outcome: {result['outcome']}" + (f", exit code {result['exit_code']}" if result["exit_code"] else "")]
+    for v in result["violations"]:
+        lines.append(f"  {v['id']}: {v['message']}\n      {v['citation']}; reads {', '.join(v['fields'])}")
+    lines += [f"  not evaluable: {n}" for n in result["not_evaluable"]]
+    return "\n".join(lines)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    result = run(parse(read_json(args.file), profile=args.profile, msrs=args.msrs))
-    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else render(result))
+    doc = read_json(args.file)
+    if isinstance(doc, dict) and doc.get("arch", "vmx") == "svm":
+        result = check_svm_document(doc, profile=args.profile, msrs=args.msrs)
+        text = render_svm(result)
+    else:
+        if isinstance(doc, dict) and doc.get("arch", "vmx") != "vmx":
+            raise InputError("arch", repr(doc["arch"]), "must be 'vmx' or 'svm'")
+        result = run(parse({k: v for k, v in doc.items() if k != "arch"} if isinstance(doc, dict) else doc,
+                           profile=args.profile, msrs=args.msrs))
+        text = render(result)
+    print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else text)
     return 0 if result["outcome"] == "success" and not result["not_evaluable"] else 1
 
 
 def cmd_template(args: argparse.Namespace) -> int:
-    caps = resolve_capabilities(profile=args.profile, msrs_file=args.msrs)
-    vmcs = build_template(args.name, caps, features=args.feature or ())
-    doc: dict[str, Any] = {"fields": {k: f"{v:#x}" for k, v in vmcs.nonzero_fields().items()}}
+    if args.arch == "svm":
+        if args.name not in SVM_TEMPLATES:
+            raise InputError("template", args.name, f"SVM templates: {', '.join(SVM_TEMPLATES)}")
+        caps = resolve_capabilities(profile=args.profile or DEFAULT_SVM_PRESET, msrs_file=args.msrs)
+        doc = svm_template_document(args.name, caps)
+    else:
+        caps = resolve_capabilities(profile=args.profile, msrs_file=args.msrs)
+        vmcs = build_template(args.name, caps, features=args.feature or ())
+        doc = {"fields": {k: f"{v:#x}" for k, v in vmcs.nonzero_fields().items()}}
     if args.msrs is not None:
+        doc.pop("profile", None)
         doc["capabilities"] = caps.to_json()
     else:
         doc["profile"] = caps.name
@@ -203,10 +230,10 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("template", help="print a VMCS template that passes every VM-entry check")
-    p.add_argument("name", choices=TEMPLATES)
+    p.add_argument("name", choices=sorted(set(TEMPLATES) | set(SVM_TEMPLATES)))
     p.add_argument("--profile")
     p.add_argument("--msrs", type=Path)
-    p.add_argument("--arch", choices=["vmx"], default="vmx")
+    p.add_argument("--arch", choices=["vmx", "svm"], default="vmx")
     p.add_argument("--feature", action="append", help="secondary control to turn on (repeatable), e.g. enable_ept")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_template)
