@@ -10,8 +10,10 @@ import attrs
 
 from vtx import spec
 from vtx.bits import BitRange, mask
+from vtx.errors import InputError
 from vtx.spec import VMCS_FIELDS, ExitReason, get_control, reg_bit
 from vtx.vmx.capabilities import Capabilities
+from vtx.vmx.exits.info import ExitInfo, record_exit
 from vtx.vmx.operation import LogicalProcessor, VmxMode
 from vtx.vmx.vmcs import LaunchState, Vmcs
 
@@ -62,13 +64,15 @@ def load_guest_state(state: LogicalProcessor, vmcs: Vmcs, *, launch: bool) -> Lo
 
 def load_host_state(state: LogicalProcessor, caps: Capabilities, vmcs: Vmcs, reason: ExitReason, *,
                     qualification: int = 0,
-                    entry_failure: bool = False) -> LogicalProcessor:
+                    entry_failure: bool = False, info: ExitInfo | None = None) -> LogicalProcessor:
     """Return to VMX root operation: record the exit reason (and bit 31 for a VM-entry failure,
     SDM Vol. 3C §29.2.1 "Basic VM-Exit Information") and load the host registers (§29.5.1
     "Loading Host Control Registers, Debug Registers, MSRs": CR0 bits ET, CD, NW, 63:32, 28:19, 17
     and 15:6, and the CR0 and CR4 bits fixed in VMX operation, keep their values; CR4.PAE is set
     and CR4.PCIDE kept only for a 64-bit host; without "load IA32_EFER", EFER.LMA and LME follow
-    "host address-space size"; RFLAGS is cleared but for bit 1; CPL is 0)."""
+    "host address-space size"; RFLAGS is cleared but for bit 1; CPL is 0). With ``info`` (an exit
+    decided by :func:`vtx.vmx.exits.rules.decide`) every exit-information field it reports is
+    recorded too (§29.2 "Recording VM-Exit Information and Updating VM-Entry Control Fields")."""
     exit_ctls = vmcs.get(_F["VM_EXIT_CONTROLS"])
     host64 = bool(exit_ctls & _EXIT_HOST_64)
     fixed0 = {r: caps.msr(f"IA32_VMX_{r}_FIXED0") or 0 for r in ("CR0", "CR4")}
@@ -83,7 +87,12 @@ def load_host_state(state: LogicalProcessor, caps: Capabilities, vmcs: Vmcs, rea
         lm = (_EFER_LMA | _EFER_LME) if host64 else 0
         efer = (state.efer & ~(_EFER_LMA | _EFER_LME)) | lm
     full_reason = _FAILED_ENTRY.put(reason.number, int(entry_failure))
-    vmcs = vmcs.with_fields({"VM_EXIT_REASON": full_reason, "EXIT_QUALIFICATION": qualification})
+    if info is None:
+        vmcs = vmcs.with_fields({"VM_EXIT_REASON": full_reason, "EXIT_QUALIFICATION": qualification})
+    elif info.reason != reason or entry_failure:
+        raise InputError("info", str(info), f"must describe a true VM exit with basic reason {reason.number}")
+    else:
+        vmcs = record_exit(vmcs, info)
     return attrs.evolve(
         state, mode=VmxMode.ROOT, cpl=0, cr0=cr0,
         cr4=cr4, efer=efer, rflags=_RFLAGS_FIXED1, cs_l=host64, blocking_by_mov_ss=False,
