@@ -9,7 +9,10 @@ sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 
 project = "vtx"
 author = "the vtx developers"
-extensions = ["vtxdocs"]
+extensions = ["sphinx.ext.autodoc", "vtxdocs"]
 html_theme = "furo"
 exclude_patterns = ["_build"]
 nitpicky = False
+# The API reference documents a thousand objects; listing each in the page's table of contents
+# (and so in the navigation tree of every page) made the build several times slower.
+toc_object_entries = False

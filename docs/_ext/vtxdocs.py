@@ -1,42 +1,42 @@
-"""A Sphinx extension that renders reference tables from the vtx catalogues.
+"""A Sphinx extension that renders reference pages from the vtx catalogues at build time, so no
+generated page is committed and the docs cannot drift from the spec tables or the code.
 
-``.. vtx-table:: fields`` (or ``exit-reasons``, ``errors``, ``controls``, ``msrs``,
-``cpuid-facts``, ``presets``) expands to a table built from :mod:`vtx.spec` at build time, so no
-generated page is committed and the docs cannot drift from the spec tables.
+* ``.. vtx-table:: NAME`` — a table built from :mod:`vtx.spec` (``fields``, ``exit-reasons``,
+  ``errors``, ``controls``, ``msrs``, ``cpuid-facts``, ``presets``, ``state-machine``,
+  ``instructions``).
+* ``.. vtx-entry-checks::`` — the VM-entry check catalogue with generated failing examples
+  (:mod:`vtxdocs_checks`).
+* ``.. vtx-state-diagram::`` — the VMX state machine drawn as SVG (:mod:`vtxdocs_svg`).
+* ``.. vtx-walk:: FILE.json`` — a ``vtx translate`` input translated, drawn and tabulated.
+* ``.. vtx-cli::`` — the command-line reference (:mod:`vtxdocs_cli`).
+* ``.. vtx-api:: MODULE ...`` — autodoc of the modules and packages named (:mod:`vtxdocs_api`).
+
+Configuration: ``vtx_source_url``, a format string with ``{path}`` and ``{line}`` (e.g.
+``https://github.com/OWNER/vtx/blob/main/{path}#L{line}``) that turns the source of each check
+into a link; without it the qualified name, file and line are shown. ``vtx_entry_examples``
+(default True) turns the search for failing examples off, for fast test builds.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from pathlib import Path
 
+import vtxdocs_svg
 from docutils import nodes
 from docutils.parsers.rst import Directive
 from sphinx.application import Sphinx
+from sphinx.util.docutils import SphinxDirective
+from vtxdocs_api import ApiReference
+from vtxdocs_checks import EntryChecks, reset_examples
+from vtxdocs_cli import CliReference
+from vtxdocs_nodes import Row, svg, table
 
 from vtx import spec
-from vtx.vmx.capabilities import load_preset, preset_names
-from vtx.vmx.entry import REGISTRY
-from vtx.vmx.entry.catalogue import ENTRY_CHECKS
-
-Row = list[str]
-
-
-def _table(header: Row, rows: Iterable[Row]) -> nodes.table:
-    table = nodes.table()
-    group = nodes.tgroup(cols=len(header))
-    table += group
-    group.extend(nodes.colspec(colwidth=1) for _ in header)
-    head, body = nodes.thead(), nodes.tbody()
-    group += head
-    group += body
-    for parent, cells in ((head, header), *((body, r) for r in rows)):
-        row = nodes.row()
-        for cell in cells:
-            entry = nodes.entry()
-            entry += nodes.paragraph(text=cell)
-            row += entry
-        parent.append(row)
-    return table
+from vtx.paging import translate_cmd
+from vtx.paging.outcomes import Translated
+from vtx.vmx.capabilities import load_preset, preset_names, read_json
+from vtx.vmx.exits import causes
 
 
 def _fields() -> tuple[Row, list[Row]]:
@@ -96,15 +96,21 @@ def _instructions() -> tuple[Row, list[Row]]:
               str(i.citation)] for i in spec.VMX_INSTRUCTIONS])
 
 
-def _entry_checks() -> tuple[Row, list[Row]]:
-    return (["Id", "Group", "Failure", "Rule", "Reads", "Source", "Implemented"],
-            [[c.id, c.group, c.failure + (f" (qualification {c.qualification})" if c.failure == "exit_33" else ""),
-              c.statement, ", ".join(c.fields + c.capabilities + c.processor + c.memory), str(c.citation),
-              "yes" if c.id in REGISTRY else "no"] for c in ENTRY_CHECKS])
+def _exit_causes() -> tuple[Row, list[Row]]:
+    return (["#", "Exit reason", "Operation", "When", "Needs", "Fault first", "Source"],
+            [[str(c.exit.number), c.exit.name, " ".join([c.op, *c.mnemonics]),
+              c.when + "".join(f" {x.field}.{x.name}" for x in c.controls),
+              f"{c.enable.field}.{c.enable.name}" if c.enable else "", c.privilege, str(c.citation)]
+             for c in sorted(causes.CAUSES, key=lambda c: c.exit.number)])
+
+
+def _exits_not_modelled() -> tuple[Row, list[Row]]:
+    return (["#", "Exit reason", "Why not", "Source"],
+            [[str(n.exit.number), n.exit.name, n.reason, str(n.citation)] for n in causes.NOT_MODELLED])
 
 
 TABLES: dict[str, Callable[[], tuple[Row, list[Row]]]] = {
-    "entry-checks": _entry_checks,
+    "exit-causes": _exit_causes, "exits-not-modelled": _exits_not_modelled,
     "state-machine": _state_machine, "instructions": _instructions,
     "fields": _fields, "exit-reasons": _exit_reasons, "errors": _errors, "controls": _controls,
     "msrs": _msrs, "cpuid-facts": _cpuid, "presets": _presets,
@@ -119,9 +125,51 @@ class VtxTable(Directive):
         if name not in TABLES:
             raise self.error(f"unknown vtx table {name!r}; known: {', '.join(TABLES)}")
         header, rows = TABLES[name]()
-        return [_table(header, rows)]
+        return [table(header, rows)]
+
+
+class StateDiagram(Directive):
+    """``.. vtx-state-diagram::`` — the states and transitions of ``spec/vmx/state_machine.toml``."""
+
+    def run(self) -> list[nodes.Node]:
+        states = [(r["name"], r["title"]) for r in spec._Table("vmx/state_machine.toml").rows("state")]
+        if [name for name, _ in states] != list(spec.VMX_STATES):
+            raise self.error("spec/vmx/state_machine.toml: states differ from vtx.spec.VMX_STATES")
+        return [svg(vtxdocs_svg.state_machine(states, spec.VMX_TRANSITIONS),
+                    "VMX operation, drawn from spec/vmx/state_machine.toml: every instruction in every "
+                    "mode, with the modes it can lead to and its outcomes.")]
+
+
+class Walk(SphinxDirective):
+    """``.. vtx-walk:: FILE.json`` — translate a ``vtx translate`` document at build time; draw
+    the walk and list every paging-structure entry read."""
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        rel, path = self.env.relfn2path(self.arguments[0], self.env.docname)
+        self.env.note_dependency(rel)
+        inp = translate_cmd.parse(read_json(Path(path)))
+        outcome = translate_cmd.run(inp)
+        final = (f"data at HPA {outcome.hpa:#x}" if isinstance(outcome, Translated)
+                 else translate_cmd.to_json(outcome)["outcome"].replace("_", " "))
+        rows = [[str(n), r.space.value, r.name, f"{r.address:#x}", f"{r.host_address:#x}", f"{r.value:#018x}"]
+                for n, r in enumerate(outcome.references, 1)]
+        gpa = outcome.gpa if isinstance(outcome, Translated) else None
+        return [svg(vtxdocs_svg.walk(outcome.references, final=final, final_gpa=gpa),
+                    f"The walk of {rel}, computed by vtx.paging at build time: "
+                    f"{len(outcome.references)} paging-structure entries read, in the numbered order."),
+                table(["#", "Structure", "Entry", "Address (own space)", "Host-physical address", "Value"], rows)]
 
 
 def setup(app: Sphinx) -> dict[str, object]:
+    app.add_config_value("vtx_source_url", None, "env", [str, type(None)])
+    app.add_config_value("vtx_entry_examples", True, "env", [bool])
     app.add_directive("vtx-table", VtxTable)
-    return {"parallel_read_safe": True, "version": "1"}
+    app.add_directive("vtx-entry-checks", EntryChecks)
+    app.add_directive("vtx-state-diagram", StateDiagram)
+    app.add_directive("vtx-walk", Walk)
+    app.add_directive("vtx-cli", CliReference)
+    app.add_directive("vtx-api", ApiReference)
+    app.connect("builder-inited", reset_examples)
+    return {"parallel_read_safe": True, "version": "2"}

@@ -98,7 +98,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("file", type=Path, help="log with KVM / Xen VMCS dumps or QEMU register dumps, or vtx JSON")
     p.add_argument("--profile", help="capability preset (default: max; over a JSON dump's own)")
     p.add_argument("--msrs", type=Path, help="capability file (over the preset)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the machine-readable JSON result")
     p.set_defaults(func=cmd_explain)
 
 

@@ -232,6 +232,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p = subparsers.add_parser("translate", help="translate a guest access through guest paging and EPT / NPT")
     p.add_argument("file", type=Path, help="JSON document (see docs/translate.rst)")
     p.add_argument("--profile", help="capability preset (over the file's \"profile\")")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the machine-readable JSON result")
     p.set_defaults(func=cmd_translate)
     return p

@@ -1,0 +1,39 @@
+"""Docutils node builders shared by the vtx directives."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+
+from docutils import nodes
+
+Row = list[str]
+
+
+def table(header: Row, rows: Iterable[Row], *, code: Collection[int] = ()) -> nodes.table:
+    """A table with one header row; every cell is a paragraph of plain text, or of literal text
+    in the ``code`` columns (so that ``--json`` is not typeset as an en dash)."""
+    result = nodes.table()
+    group = nodes.tgroup(cols=len(header))
+    result += group
+    group.extend(nodes.colspec(colwidth=1) for _ in header)
+    head, body = nodes.thead(), nodes.tbody()
+    group += head
+    group += body
+    for parent, cells in ((head, header), *((body, r) for r in rows)):
+        row = nodes.row()
+        for i, cell in enumerate(cells):
+            entry = nodes.entry()
+            paragraph = nodes.paragraph()
+            paragraph += nodes.literal(text=cell) if parent is body and i in code and cell else nodes.Text(cell)
+            entry += paragraph
+            row += entry
+        parent.append(row)
+    return result
+
+
+def svg(markup: str, caption: str) -> nodes.figure:
+    """An inline SVG drawing (HTML builders only) with a caption."""
+    figure = nodes.figure(classes=["vtx-diagram"])
+    figure += nodes.raw("", markup, format="html")
+    figure += nodes.caption(text=caption)
+    return figure
