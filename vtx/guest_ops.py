@@ -379,3 +379,43 @@ GuestOp = (Instruction | LeafInstruction | Invlpg | Invpcid | MovToCr | MovFromC
 OP_CLASSES: tuple[Any, ...] = get_args(GuestOp)
 OP_KINDS: dict[str, Any] = {c.kind: c for c in OP_CLASSES}
 """The operation classes by ``kind``."""
+
+
+# ------------------------------------------------------------------ operations only AMD-V intercepts
+
+SVM_INSTRUCTION_MNEMONICS = (
+    "pushf", "popf", "iret", "icebp", "invlpga", "vmrun", "vmmcall", "vmload", "vmsave", "stgi", "clgi", "skinit",
+    "rdpru", "invlpgb", "tlbsync", "mcommit", "monitorx", "mwaitx",
+)
+"""Instructions with an SVM intercept and no VMX exit of their own (APM Vol. 2 §15.9 "Instruction
+Intercepts"): under VMX PUSHF, POPF, IRET and ICEBP execute (ICEBP's #DB goes through the exception
+bitmap), and the SVM instructions are #UD."""
+
+
+@attrs.frozen
+class SvmInstruction:
+    """An instruction that only AMD-V intercepts. ``illegal`` marks an INVLPGB whose operands are
+    illegal (the INVLPGB-illegal intercept)."""
+
+    kind: ClassVar[str] = "svm_instruction"
+    mnemonic: str = attrs.field(validator=_one_of(SVM_INSTRUCTION_MNEMONICS))
+    length: int = 0
+    illegal: bool = False
+
+
+@attrs.frozen
+class SoftwareInterrupt:
+    """INT n with vector ``vector`` (a software interrupt; INT3, INTO and INT1 are exceptions)."""
+
+    kind: ClassVar[str] = "software_interrupt"
+    vector: int = attrs.field(validator=_uint(8))
+    length: int = 0
+
+
+SvmOnlyOp = SvmInstruction | SoftwareInterrupt
+"""The operations only AMD-V intercepts; kept out of :data:`GuestOp` until the VMX exit causes
+(``spec/vmx/exit_causes.toml``) give them rows."""
+
+SVM_OP_CLASSES: tuple[Any, ...] = get_args(SvmOnlyOp)
+ALL_OP_KINDS: dict[str, Any] = {**OP_KINDS, **{c.kind: c for c in SVM_OP_CLASSES}}
+"""Every operation class, shared and AMD-V-only, by ``kind``."""
