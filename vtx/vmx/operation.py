@@ -25,6 +25,7 @@ from vtx.bits import mask
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
 from vtx.spec import POINTERS, REGION, reg_bit
 from vtx.vmx.capabilities import Capabilities
+from vtx.vmx.exits.info import AfterEntry
 from vtx.vmx.vmcs import Vmcs
 
 INVALID_POINTER = POINTERS.invalid
@@ -63,6 +64,17 @@ class MsegHeader:
 
 Region = Vmcs | VmxonRegion | MsegHeader
 
+
+@attrs.frozen
+class Segment:
+    """A segment or descriptor-table register as VM entries and exits load and save it: selector,
+    base, limit and access rights in the VMCS format (GDTR and IDTR use base and limit only)."""
+
+    selector: int = 0
+    base: int = 0
+    limit: int = 0
+    ar: int = 0
+
 _CR0_PE = reg_bit("CR0", "PE").mask
 _CR0_NE = reg_bit("CR0", "NE").mask
 _CR0_PG = reg_bit("CR0", "PG").mask
@@ -98,6 +110,27 @@ class LogicalProcessor:
     current_vmcs: int = INVALID_POINTER
     regions: Mapping[int, Region] = attrs.field(factory=dict)
     memory: MemoryReader = attrs.field(factory=PhysicalMemory)
+    rip: int = 0
+    rsp: int = 0
+    cr3: int = 0
+    dr7: int = 0
+    segments: Mapping[str, Segment] = attrs.field(factory=dict)
+    """ES, CS, SS, DS, FS, GS, LDTR, TR, GDTR, IDTR by name; a missing one reads as all zeros."""
+    msrs: Mapping[int, int] = attrs.field(factory=dict)
+    """The current values of MSRs by index (IA32_EFER is :attr:`efer`, FS/GS base the segment bases);
+    the MSR areas and the MSR controls of VM entries and exits read and write them."""
+    interruptibility: int = 0
+    """The interruptibility state in the VMCS format; its blocking-by-MOV-SS bit is
+    :attr:`blocking_by_mov_ss`."""
+    activity_state: int = 0
+    pending_debug_exceptions: int = 0
+    preemption_timer: int = 0
+    """The VMX-preemption timer's current value in VMX non-root operation."""
+    shutdown: bool = False
+    """The processor is in the shutdown state (after a VMX abort, SDM Vol. 3C §29.7)."""
+    after_entry: AfterEntry | None = None
+    """What the guest meets first after the last successful VM entry (event injection, and a VM exit
+    due before its first instruction)."""
 
     # ------------------------------------------------------------------ predicates
 

@@ -15,7 +15,8 @@ from vtx.errors import SpecError
 from vtx.guest_ops import OP_KINDS
 from vtx.spec import VMCS_FIELDS, Control, ExitReason, _bits, _Table, get_control, get_exit_reason
 
-PRIVILEGES = ("none", "cpl0", "cpl0_ud", "cpl0_unless_pce", "cpl0_if_tsd", "io", "vmx", "getsec", "descriptor", "smm")
+PRIVILEGES = ("none", "cpl0", "cpl0_ud", "cpl0_unless_pce", "cpl0_if_tsd", "io", "vmx", "getsec", "descriptor", "smm",
+              "mov_dr")
 
 
 @attrs.frozen
@@ -102,6 +103,13 @@ APIC_READS = frozenset(_AV["reads"])
 APIC_WRITES = frozenset(_AV["writes"])
 PML_ENTRIES: int = _DATA["pml"]["entries"]
 WAIT_FOR_SIPI: int = _DATA["activity"]["wait_for_sipi"]
+_PLE = _DATA["pause_loop"]
+PLE_GAP = VMCS_FIELDS[_PLE["gap_field"]]
+PLE_WINDOW = VMCS_FIELDS[_PLE["window_field"]]
+PLE_CPL: int = _PLE["cpl"]
+UD_OUTSIDE_PROTECTED = frozenset(_DATA["descriptor"]["ud_outside_protected"])
+DR7_GENERAL_DETECT = 1 << _DATA["debug"]["dr7_general_detect"]
+NMI_UNBLOCKING_UNDEFINED = frozenset(VECTORS[v] for v in _DATA["nmi_unblocking"]["undefined_for"])
 
 
 def _index() -> dict[tuple[str, str | None], tuple[Cause, ...]]:

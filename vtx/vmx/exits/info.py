@@ -60,6 +60,19 @@ class ExitInfo:
         return f"VM exit ({self.reason.number}: {self.reason.title}, qualification {self.qualification:#x})"
 
 
+@attrs.frozen
+class AfterEntry:
+    """What a successful VM entry leaves for the guest to meet first (SDM Vol. 3C §28.6 "Event
+    Injection", §28.7 "Special Features of VM Entry"): the event injected (its VM-entry
+    interruption information and error code; 0 when none), and the VM exit that occurs before the
+    guest's first instruction, if any (TPR below threshold, pending MTF, preemption timer at 0,
+    NMI window, interrupt window)."""
+
+    injected: int = 0
+    error_code: int = 0
+    exit: ExitInfo | None = None
+
+
 def during_delivery(info: ExitInfo, *, vector: int, type: str, error_code: int | None = None) -> ExitInfo:
     """``info`` for an exit that occurred while an event was being delivered through the IDT: the
     IDT-vectoring information records that event (SDM Vol. 3C §29.2.4 "Information for VM Exits

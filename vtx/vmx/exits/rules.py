@@ -30,6 +30,7 @@ from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.exits import causes as C  # noqa: N812 - the cause tables, read everywhere below
 from vtx.vmx.exits.info import ExitInfo
 from vtx.vmx.exits.layouts import LAYOUTS
+from vtx.vmx.operation import MemoryReader
 from vtx.vmx.vmcs import Vmcs
 
 _F = VMCS_FIELDS
@@ -76,7 +77,8 @@ def ctl(field: str, name: str) -> Control:
 class GuestContext:
     """The guest state the exit rules read: CPL, RFLAGS, CR0, CR4, IA32_EFER, CS.L, the
     interruptibility and activity state, SMM and dual-monitor status, the ports the TSS
-    I/O-permission bitmap allows, and host-physical memory (bitmaps, virtual-APIC page, EPT)."""
+    I/O-permission bitmap allows, host-physical memory (bitmaps, virtual-APIC page, EPT), and
+    the TSC values PAUSE-loop exiting compares."""
 
     cpl: int = 0
     rflags: int = _RFLAGS_FIXED1
@@ -90,6 +92,16 @@ class GuestContext:
     dual_monitor: bool = False
     tss_io_allowed: frozenset[int] = frozenset()
     memory: PhysicalMemory = attrs.field(factory=PhysicalMemory, repr=False)
+    tsc: int = 0
+    last_pause_tsc: int | None = None
+    """The TSC at the previous PAUSE at CPL 0 since VM entry (None: this is the first)."""
+    pause_loop_start: int | None = None
+    """The TSC at the most recent PAUSE considered the first of a loop."""
+    dr7: int = 0
+    iret_unblocked_nmi: bool = False
+    """The operation is a fault (or EPT violation) during an IRET that unblocked NMIs: "virtual NMIs" is
+    1 and virtual-NMI blocking was in effect, or "NMI exiting" is 0 and blocking by NMI was in effect
+    (§29.2.3 "Information About NMI Unblocking Due to IRET")."""
 
 
 @attrs.frozen
@@ -112,6 +124,7 @@ Decision = Executes | GuestFault | ExitInfo
 
 _GP = GuestFault(C.VECTORS["general_protection"], 0)
 _UD = GuestFault(C.VECTORS["invalid_opcode"])
+_DB = GuestFault(C.VECTORS["debug"])
 
 
 # ------------------------------------------------------------------ faults before exits
@@ -138,6 +151,14 @@ def _is_vmx_ud(s: GuestContext) -> bool:
     return not s.cr0 & _CR0["PE"] or bool(s.rflags & _RFLAGS_VM) or bool(s.efer & _EFER_LMA and not s.cs_l)
 
 
+def _descriptor_fault(op: g.DescriptorTable, s: GuestContext) -> GuestFault | None:
+    """#UD for LLDT/LTR/SLDT/STR in real-address or virtual-8086 mode; else #GP(0) at CPL > 0 for the
+    loads, and for the stores with CR4.UMIP = 1."""
+    if op.mnemonic in C.UD_OUTSIDE_PROTECTED and (not s.cr0 & _CR0["PE"] or s.rflags & _RFLAGS_VM):
+        return _UD
+    return _GP if s.cpl and (op.mnemonic in _LOADS or s.cr4 & _CR4_UMIP) else None
+
+
 _PRIVILEGE: dict[str, Callable[[Any, GuestContext], GuestFault | None]] = {
     "none": lambda op, s: None,
     "cpl0": lambda op, s: _GP if s.cpl else None,
@@ -148,8 +169,10 @@ _PRIVILEGE: dict[str, Callable[[Any, GuestContext], GuestFault | None]] = {
     "smm": lambda op, s: None if s.in_smm else _UD,
     "vmx": lambda op, s: _UD if _is_vmx_ud(s) else None,
     "io": lambda op, s: _GP if _io_denied(op, s) else None,
-    "descriptor": lambda op, s: _GP if s.cpl and (op.mnemonic in _LOADS or s.cr4 & _CR4_UMIP) else None,
+    "descriptor": _descriptor_fault,
+    "mov_dr": lambda op, s: _GP if s.cpl else (_DB if s.dr7 & C.DR7_GENERAL_DETECT else None),
 }
+
 
 
 def privilege_fault(privilege: str, op: g.GuestOp, state: GuestContext) -> GuestFault | None:
@@ -257,8 +280,7 @@ def _mov_from_cr(op: g.MovFromCr, vmcs: Vmcs, s: GuestContext) -> Decision:
     if is_set(vmcs, ctl("proc", control)):
         return _exit("CR_ACCESS", op, qualification=qual)
     if op.cr == 8 and is_set(vmcs, ctl("proc", "use_tpr_shadow")):
-        vtpr = s.memory.read_int(HostPhysAddr(vmcs.get(_F["VIRTUAL_APIC_PAGE_ADDR"]) + C.VTPR_OFFSET), 1)
-        return Executes(C.CR8_PRIORITY.put(0, C.VTPR_PRIORITY.get(vtpr)))
+        return Executes(C.CR8_PRIORITY.put(0, C.VTPR_PRIORITY.get(read_vtpr(vmcs, s.memory))))
     return Executes()
 
 
@@ -339,7 +361,8 @@ def _exception(op: g.Exception_, vmcs: Vmcs, s: GuestContext) -> Decision:
     if not exits:
         return Executes()
     kind = "software_exception" if op.software else "hardware_exception"
-    info = _Q["interruption_info"].encode(vector=op.vector, type=kind,
+    unblocking = s.iret_unblocked_nmi and op.vector not in C.NMI_UNBLOCKING_UNDEFINED
+    info = _Q["interruption_info"].encode(vector=op.vector, type=kind, nmi_unblocking=int(unblocking),
                                           error_code_valid=int(op.error_code is not None), valid=1)
     return _exit("EXCEPTION_NMI", op, qualification=op.qualification, interruption_info=info,
                  interruption_error_code=op.error_code or 0)
@@ -371,7 +394,7 @@ def _memory(op: g.MemoryAccess, vmcs: Vmcs, s: GuestContext, caps: Capabilities 
         ept = ept_from_eptp(vmcs.get(_F["EPT_POINTER"]), caps, secondary_controls=secondary)
         out = translate_gpa(ept, s.memory, op.physical, op.access,
                             linear=LinearInfo(op.linear, final=not op.paging_structure),
-                            paging_structure=op.paging_structure)
+                            paging_structure=op.paging_structure, nmi_unblocking=s.iret_unblocked_nmi)
         if isinstance(out, EptViolation):
             return _exit("EPT_VIOLATION", qualification=out.qualification, guest_linear_address=out.gla,
                          guest_physical_address=out.gpa)
@@ -428,11 +451,20 @@ def _apic_page_access(op: g.MemoryAccess, vmcs: Vmcs, offset: int) -> Decision:
     return _exit("APIC_WRITE", qualification=_Q["apic_write"].encode(offset=register), trap=True)
 
 
+def is_tpr_below_threshold(vmcs: Vmcs, vtpr: int) -> bool:
+    """Without virtual-interrupt delivery, VTPR[7:4] < TPR_THRESHOLD[3:0] (§31.1.2 "TPR Virtualization")."""
+    return (not is_set(vmcs, ctl("proc2", "virtual_interrupt_delivery"))
+            and C.VTPR_PRIORITY.get(vtpr) < C.TPR_THRESHOLD.get(vmcs.get(_F["TPR_THRESHOLD"])))
+
+
+def read_vtpr(vmcs: Vmcs, memory: MemoryReader) -> int:
+    """VTPR: the byte at offset 80H of the virtual-APIC page (§31.1.1)."""
+    return memory.read_int(HostPhysAddr(vmcs.get(_F["VIRTUAL_APIC_PAGE_ADDR"]) + C.VTPR_OFFSET), 1)
+
+
 def _tpr_virtualization(vmcs: Vmcs, vtpr: int, op: Any) -> Decision:
-    """After VTPR is written: without virtual-interrupt delivery, a trap-like TPR-below-threshold
-    exit when VTPR[7:4] < TPR_THRESHOLD[3:0] (§31.1.2 "TPR Virtualization")."""
-    if (not is_set(vmcs, ctl("proc2", "virtual_interrupt_delivery"))
-            and C.VTPR_PRIORITY.get(vtpr) < C.TPR_THRESHOLD.get(vmcs.get(_F["TPR_THRESHOLD"]))):
+    """After VTPR is written: a trap-like TPR-below-threshold exit when VTPR is below the threshold."""
+    if is_tpr_below_threshold(vmcs, vtpr):
         return _exit("TPR_BELOW_THRESHOLD", op, trap=True, value=vtpr)
     return Executes(vtpr)
 
@@ -451,7 +483,39 @@ def _vmcs_shadowing(op: g.VmxField, vmcs: Vmcs, s: GuestContext) -> bool:
     return _bit(s.memory, bitmap, op.encoding)
 
 
+@attrs.frozen
+class PauseLoop:
+    """One PAUSE under "PAUSE-loop exiting": whether it is the first PAUSE of a loop, the TSC at
+    the loop's first PAUSE after it, and whether it exits."""
+
+    first: bool
+    loop_start: int
+    exits: bool
+
+
+def pause_loop(vmcs: Vmcs, s: GuestContext) -> PauseLoop:
+    """The PAUSE-loop rule at TSC ``s.tsc`` (§27.1.3, PAUSE): a PAUSE is the first of a loop if it is
+    the first at CPL 0 since VM entry or more than PLE_Gap ticks after the previous PAUSE at CPL 0;
+    otherwise it exits if more than PLE_Window ticks passed since the loop's first PAUSE. The caller
+    keeps ``s.tsc`` as the next ``last_pause_tsc`` and ``loop_start`` as the next ``pause_loop_start``."""
+    last, start = s.last_pause_tsc, s.pause_loop_start
+    if last is not None and s.tsc < last:
+        raise InputError("tsc", s.tsc, f"the TSC only advances: the previous PAUSE was at {last}")
+    first = last is None or start is None or s.tsc - last > vmcs.get(C.PLE_GAP)
+    loop_start = s.tsc if first or start is None else start
+    return PauseLoop(first, loop_start, not first and s.tsc - loop_start > vmcs.get(C.PLE_WINDOW))
+
+
+def _pause(op: g.Instruction, vmcs: Vmcs, s: GuestContext) -> bool:
+    """"PAUSE exiting" exits at any CPL; otherwise "PAUSE-loop exiting" applies at CPL 0 only."""
+    if is_set(vmcs, ctl("proc", "pause_exiting")):
+        return True
+    return (s.cpl == C.PLE_CPL and is_set(vmcs, ctl("proc2", "pause_loop_exiting"))
+            and pause_loop(vmcs, s).exits)
+
+
 RULES: dict[str, Callable[[Any, Vmcs, GuestContext], bool]] = {
+    "pause": _pause,
     "leaf_bitmap": lambda op, vmcs, s: _leaf_bitmap(op, vmcs),
     "msr": lambda op, vmcs, s: _msr_exits(vmcs, s, op.msr, isinstance(op, g.Wrmsr)),
     "msr_list": lambda op, vmcs, s: any(_msr_exits(vmcs, s, m, op.write) for m in op.msrs) or not op.msrs,
