@@ -16,6 +16,7 @@ from typing import Any
 from vtx import __version__, spec
 from vtx.dumps import explain_cmd
 from vtx.errors import VtxError
+from vtx.machine import run_cmd
 from vtx.paging import translate_cmd
 from vtx.vmx import check_cmd
 from vtx.vmx.capabilities import preset_names, resolve_capabilities
@@ -45,16 +46,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     caps = resolve_capabilities(profile=args.profile, msrs_file=args.msrs)
     summary = _summary()
     summary["profile"] = caps.name
+    reports, scenario_lines, scenario = run_cmd.verify_report()
+    status = 0 if all(r.finished for r in reports) else 1
     if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
+        print(json.dumps({**summary, "scenario": scenario}, indent=2))
+        return status
     print(f"vtx {__version__}: catalogues of SDM {spec.SDM.number} ({spec.SDM.date}) load and cross-check")
     for key, value in summary.items():
         if key not in ("sdm", "presets", "profile"):
             print(f"  {key.replace('_', ' '):24} {value}")
     print(f"  presets                  {', '.join(summary['presets'])}")
     print(f"  profile                  {caps.name} (consistent)")
-    return 0
+    print("\n".join(scenario_lines))
+    return status
 
 
 def cmd_capabilities(args: argparse.Namespace) -> int:
@@ -117,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     translate_cmd.add_parser(sub)
     check_cmd.add_parsers(sub)
     explain_cmd.add_parser(sub)
+    run_cmd.add_parser(sub)
     return parser
 
 
