@@ -20,6 +20,8 @@ from vtx import spec
 from vtx.dumps.explain import Explanation, explain_dump
 from vtx.dumps.reader import read_dumps
 from vtx.errors import InputError
+from vtx.inputs import in_file, read_text
+from vtx.vmx.capabilities import load_preset
 
 _BASIC = spec.EXIT_REASON_FORMAT["basic_exit_reason"].bits
 _FAILED = spec.EXIT_REASON_FORMAT["failed_vmentry"].bits
@@ -77,17 +79,17 @@ def render(explanations: list[Explanation]) -> str:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     path: Path = args.file
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as e:
-        raise InputError(str(path), "unreadable", str(e)) from e
+    text = read_text(path, errors="replace")
     result = read_dumps(text, str(path))
     if not result.dumps:
         line, problem = result.problems[0]
         raise InputError(f"{path}:{line}", "no dump could be read", problem)
     for line, problem in result.problems:
         print(f"vtx: warning: {path}:{line}: {problem}", file=sys.stderr)
-    explanations = [explain_dump(d, profile=args.profile, msrs=args.msrs) for d in result.dumps]
+    if args.profile is not None:
+        load_preset(args.profile)  # a bad --profile is the command line's fault, not the file's
+    with in_file(path, args.msrs):
+        explanations = [explain_dump(d, profile=args.profile, msrs=args.msrs) for d in result.dumps]
     print(json.dumps(to_json(explanations), indent=2) if args.json else render(explanations))
     return 1 if any(e.failures for e in explanations) else 0
 

@@ -111,6 +111,8 @@ def _read_json(text: str, source: str) -> ReadResult:
         doc = json.loads(text)
     except json.JSONDecodeError as e:
         return ReadResult((), ((e.lineno, f"not valid JSON: {e.msg}"),))
+    except RecursionError:
+        return ReadResult((), ((1, "not valid JSON: arrays and objects are nested too deeply to read"),))
     if not isinstance(doc, dict):
         return ReadResult((), ((1, "a vtx JSON dump is an object (docs/check.rst)"),))
     return ReadResult((Dump(JSON_FORMAT, 1, document=doc),), ())

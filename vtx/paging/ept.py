@@ -136,7 +136,12 @@ def eptp_problems(eptp: int, caps: Capabilities) -> list[tuple[Rule, str]]:
 
 def ept_from_eptp(eptp: int, caps: Capabilities, *, secondary_controls: int = 0) -> Ept:
     """The :class:`Ept` of a valid EPTP; :class:`InputError` naming the failed check otherwise
-    (VM entry would have failed)."""
+    (VM entry would have failed). Computed once per capabilities value, EPTP and secondary controls."""
+    return caps.memoized(("ept_from_eptp", eptp, secondary_controls),
+                         lambda: _ept_from_eptp(eptp, caps, secondary_controls))
+
+
+def _ept_from_eptp(eptp: int, caps: Capabilities, secondary_controls: int) -> Ept:
     problems = eptp_problems(eptp, caps)
     if problems:
         rule, detail = problems[0]
@@ -313,6 +318,9 @@ def memory_type_name(leaf: int) -> str:
 # ------------------------------------------------------------------ guest-physical accesses
 
 
+_U64 = mask(64)
+
+
 def translate_gpa(ept: Ept, memory: PhysicalMemory, gpa: int, kind: AccessKind, *,
                   linear: LinearInfo | None = None, paging_structure: bool = False,
                   nmi_unblocking: bool = False, refs: list[Reference] | None = None) -> Outcome:
@@ -324,6 +332,8 @@ def translate_gpa(ept: Ept, memory: PhysicalMemory, gpa: int, kind: AccessKind, 
     :class:`EptViolation` or :class:`EptMisconfig`; on success the EPT accessed / dirty flags
     are set in the returned memory.
     """
+    if not 0 <= gpa <= _U64:
+        raise InputError("gpa", hex(gpa), "a guest-physical address is an unsigned 64-bit value")
     refs = [] if refs is None else refs
     w = walk_ept(ept, memory, gpa, refs)
     as_write = paging_structure and ept.accessed_dirty and linear is not None

@@ -428,10 +428,15 @@ def accessed_dirty(w: GuestWalk, access: Access) -> list[tuple[int, int]]:
 # ------------------------------------------------------------------ addresses and PDPTEs
 
 
+_U64 = mask(64)
+
+
 def linear_address_fault(state: PagingState, gla: int) -> bool:
     """True if ``gla`` is not canonical in IA-32e mode (#GP; SDM Vol. 1 §3.3.7.1 "Canonical
     Addressing"): 48-bit, or 57-bit with CR4.LA57. Outside IA-32e mode a linear address has 32
-    bits; a wider one is bad input."""
+    bits; a wider one is bad input, as is a negative one or one wider than 64 bits."""
+    if not 0 <= gla <= _U64:
+        raise InputError("access.address", hex(gla), "a linear address is an unsigned 64-bit value")
     if state.efer & EFER_LMA or state.ia32e:
         width = GUEST.modes["5level" if state.cr4 & CR4_LA57 else "4level"].linear_bits
         return not is_canonical(gla, width)

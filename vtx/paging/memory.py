@@ -19,7 +19,7 @@ import attrs
 
 from vtx.bits import mask
 from vtx.errors import InputError
-from vtx.inputs import json_int
+from vtx.inputs import json_int, key_path, shown
 from vtx.paging.formats import PAGE_OFFSET_BITS, PAGE_SIZE
 
 HostPhysAddr = NewType("HostPhysAddr", int)
@@ -32,6 +32,7 @@ GuestLinearAddr = NewType("GuestLinearAddr", int)
 """A guest linear address: the input of guest paging."""
 
 _OFFSET_MASK = mask(PAGE_OFFSET_BITS)
+_U64 = mask(64)
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
 
@@ -122,18 +123,17 @@ MAX_VALUE_BYTES = 8
 def parse_memory(items: object) -> PhysicalMemory:
     """The ``memory`` list: ``{"address", "size", "value"}`` items (``value`` a little-endian
     integer of ``size`` bytes, 1 to 8) or ``{"address", "bytes": "<hex>"}`` for longer runs."""
-    if items is None:
-        return PhysicalMemory()
     if not isinstance(items, list):
         raise InputError("memory", type(items).__name__, "must be a list of {address, size, value} objects")
     writes: list[tuple[HostPhysAddr, bytes]] = []
     for i, item in enumerate(items):
         where = f"memory[{i}]"
         if not isinstance(item, dict):
-            raise InputError(where, repr(item), "must be an object")
+            raise InputError(where, shown(item), "must be an object")
         extra = set(item) - {"address", "size", "value", "bytes"}
         if extra:
-            raise InputError(f"{where}.{sorted(extra)[0]}", "?", "unknown key (address, size, value, bytes)")
+            key = sorted(extra)[0]
+            raise InputError(key_path(where, key), shown(item[key]), "unknown key (address, size, value, bytes)")
         if "address" not in item:
             raise InputError(f"{where}.address", "missing", "required key")
         address = json_int(item["address"], f"{where}.address")
@@ -143,7 +143,7 @@ def parse_memory(items: object) -> PhysicalMemory:
             try:
                 data = bytes.fromhex(str(item["bytes"]))
             except ValueError as e:
-                raise InputError(f"{where}.bytes", repr(item["bytes"]), "must be a hex string") from e
+                raise InputError(f"{where}.bytes", shown(item["bytes"]), "must be a hex string") from e
         else:
             if "value" not in item:
                 raise InputError(f"{where}.value", "missing", "required key (or bytes)")
@@ -151,5 +151,7 @@ def parse_memory(items: object) -> PhysicalMemory:
             if not 1 <= size <= MAX_VALUE_BYTES:
                 raise InputError(f"{where}.size", size, "must be 1 to 8 bytes")
             data = json_int(item["value"], f"{where}.value", 8 * size).to_bytes(size, "little")
+        if address + len(data) - 1 > _U64:
+            raise InputError(where, f"{len(data)} bytes at {address:#x}", "runs past the 64-bit physical address space")
         writes.append((HostPhysAddr(address), data))
     return PhysicalMemory.from_writes(writes)

@@ -17,7 +17,7 @@ import attrs
 
 from vtx import spec
 from vtx.errors import InputError
-from vtx.inputs import json_int, json_object
+from vtx.inputs import check_keys, in_file, json_bool, json_int, json_object, shown
 from vtx.paging import guest, npt, walk2d
 from vtx.paging.ept import ept_from_eptp
 from vtx.paging.formats import EPT, EPT_VIOLATION_QUALIFICATION, GUEST, NPT, PAGE_OFFSET_BITS
@@ -74,14 +74,10 @@ class TranslateInput:
 
 def parse(doc: object, *, profile: str | None = None) -> TranslateInput:
     """Validate a ``vtx translate`` document; :class:`InputError` names the offending key."""
-    if not isinstance(doc, dict):
-        raise InputError("input", type(doc).__name__, "must be a JSON object")
-    for k in doc:
-        if k not in TOP_KEYS:
-            raise InputError(k, repr(doc[k]), f"unknown key (expected one of {', '.join(TOP_KEYS)})")
+    doc = check_keys(doc, TOP_KEYS)
     arch = doc.get("arch", "vmx")
     if arch not in ("vmx", "svm"):
-        raise InputError("arch", repr(arch), "must be 'vmx' or 'svm'")
+        raise InputError("arch", shown(arch), "must be 'vmx' or 'svm'")
     if arch == "vmx" and ("ncr3" in doc or "host" in doc):
         raise InputError("ncr3" if "ncr3" in doc else "host", "given", "ncr3 and host apply to arch 'svm' only")
     if arch == "svm" and ("eptp" in doc or "fields" in doc):
@@ -109,10 +105,11 @@ def parse(doc: object, *, profile: str | None = None) -> TranslateInput:
     try:
         kind = AccessKind(a.get("kind", "read"))
     except ValueError as e:
-        raise InputError("access.kind", repr(a.get("kind")), "must be 'read', 'write' or 'fetch'") from e
-    implicit = bool(a.get("implicit", False))
+        raise InputError("access.kind", shown(a.get("kind")), "must be 'read', 'write' or 'fetch'") from e
+    implicit = json_bool(a.get("implicit", False), "access.implicit")
     access = Access(kind, user=cpl == _USER_CPL and not implicit, implicit=implicit,
-                    size=json_int(a.get("size", 1), "access.size"), nmi_unblocking=bool(a.get("nmi_unblocking", False)))
+                    size=json_int(a.get("size", 1), "access.size"),
+                    nmi_unblocking=json_bool(a.get("nmi_unblocking", False), "access.nmi_unblocking"))
     secondary = fields.get("SECONDARY_VM_EXEC_CONTROL", 0)
     mbec = spec.get_control("proc2", "mode_based_execute_control_for_ept")
     if secondary & mbec.mask and not caps.allows("proc2", mbec.name):
@@ -127,7 +124,7 @@ def parse(doc: object, *, profile: str | None = None) -> TranslateInput:
                            efer=json_int(h.get("efer", _DEFAULT_HOST["efer"]), "host.efer"))
         if not host.paging:
             raise InputError("host.cr0", hex(host.cr0), "nested paging needs host paging enabled (CR0.PG = 1)")
-    return TranslateInput(arch, caps, state, features, parse_memory(doc.get("memory")), access,
+    return TranslateInput(arch, caps, state, features, parse_memory(doc.get("memory", [])), access,
                           json_int(a["address"], "access.address"), eptp, secondary, ncr3, host)
 
 
@@ -217,9 +214,9 @@ def render(inp: TranslateInput, outcome: Outcome) -> str:
 
 def cmd_translate(args: argparse.Namespace) -> int:
     """Translate the access of a JSON document; exit 0 ok, 1 a fault or exit, 2 bad input."""
-    doc = read_json(args.file)
-    inp = parse(doc, profile=args.profile)
-    outcome = run(inp)
+    with in_file(args.file):
+        inp = parse(read_json(args.file), profile=args.profile)
+        outcome = run(inp)
     if args.json:
         print(json.dumps(to_json(outcome), indent=2))
     else:

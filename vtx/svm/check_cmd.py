@@ -23,8 +23,9 @@ from typing import Any
 import attrs
 
 from vtx.errors import InputError
-from vtx.inputs import check_keys, json_bool, json_int, json_object
+from vtx.inputs import check_keys, json_bool, json_int, json_object, shown
 from vtx.outcomes import Fault
+from vtx.spec import reg_bit
 from vtx.svm.checks import SvmState, intercept_of
 from vtx.svm.templates import build_svm_template
 from vtx.svm.vmcb import Vmcb
@@ -35,6 +36,8 @@ DEFAULT_SVM_PRESET = "amd_genoa_server"
 TOP_KEYS = ("arch", "fields", "profile", "capabilities", "processor")
 REGISTER_KEYS = ("efer", "cr0", "rflags", "cpl", "rax")
 PROCESSOR_KEYS = (*REGISTER_KEYS, "guest_mode")
+_CPL_BITS = reg_bit("VMCS_ACCESS_RIGHTS", "DPL").bits.width
+"""A privilege level (CPL, DPL) is 0 to 3 (SDM Vol. 3A §5.5 "Privilege Levels"; APM Vol. 2 §4.9)."""
 
 
 def parse_vmcb(obj: object) -> Vmcb:
@@ -51,7 +54,8 @@ def parse_state(doc: Mapping[str, Any]) -> SvmState:
     """The processor state of the document's ``processor`` object (defaults: :class:`SvmState`).
     ``guest_mode: true`` runs the instruction in a guest whose VMCB sets only the VMRUN intercept."""
     proc = json_object(doc, "processor", PROCESSOR_KEYS)
-    state = SvmState().with_registers(**{k: json_int(proc[k], f"processor.{k}") for k in REGISTER_KEYS if k in proc})
+    state = SvmState().with_registers(**{k: json_int(proc[k], f"processor.{k}", _CPL_BITS if k == "cpl" else 64)
+                                         for k in REGISTER_KEYS if k in proc})
     if "guest_mode" in proc and json_bool(proc["guest_mode"], "processor.guest_mode"):
         vmrun = intercept_of("vmrun")
         state = attrs.evolve(state, guest=Vmcb().with_fields({vmrun.field.name: vmrun.mask}))
@@ -83,9 +87,9 @@ def check_svm_document(doc: Mapping[str, Any], *, profile: str | None = None,
     """``vtx check`` of an ``"arch": "svm"`` document: VMRUN on its VMCB, every violation, the outcome."""
     d = check_keys(doc, TOP_KEYS)
     if d.get("arch", "svm") != "svm":
-        raise InputError("arch", repr(d["arch"]), "this checker takes 'svm' documents")
-    caps = resolve_capabilities(profile=profile or d.get("profile") or DEFAULT_SVM_PRESET, msrs_file=msrs,
-                                document=d)
+        raise InputError("arch", shown(d["arch"]), "this checker takes 'svm' documents")
+    preset = profile if profile is not None else d.get("profile", DEFAULT_SVM_PRESET)
+    caps = resolve_capabilities(profile=preset, msrs_file=msrs, document=d)
     vmcb = parse_vmcb(d.get("fields", {}))
     return result_document(vmrun(parse_state(d), caps, vmcb), caps)
 

@@ -21,6 +21,7 @@ import attrs
 
 from vtx.bits import mask, parse_int
 from vtx.errors import InputError
+from vtx.inputs import shown
 from vtx.svm.spec import ALIASES, CLEAN_BITS, LAYOUT, VMCB_FIELDS, Alias, VmcbField
 
 _INDEX = {f.name: i for i, f in enumerate(VMCB_FIELDS)}
@@ -36,7 +37,7 @@ def _parse(where: str, raw: object, bits: int) -> int:
     try:
         value = parse_int(raw)
     except ValueError as e:
-        raise InputError(where, repr(raw), f"a field value is an integer or hex string ({e})") from e
+        raise InputError(where, shown(raw), f"a field value is an integer or hex string ({e})") from e
     if not 0 <= value <= mask(bits):
         raise InputError(where, hex(value) if value >= 0 else str(value),
                          f"wider than the {bits}-bit field (APM Vol. 2 Appendix B)")

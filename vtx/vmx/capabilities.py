@@ -15,10 +15,9 @@ The public capability format, shared by every CLI verb, is a JSON object: MSRs b
 from __future__ import annotations
 
 import functools
-import json
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
@@ -36,7 +35,7 @@ from vtx.conditions import (
     VmFunctionAllowed,
 )
 from vtx.errors import InputError, NotEvaluable
-from vtx.inputs import json_int
+from vtx.inputs import json_int, key_path, listed, parse_json, read_text, shown
 from vtx.spec import CAPABILITY_MSRS, CONTROL_FIELDS, CPUID_FACTS, MsrFormat, VmcsField
 
 PRESET_DIR = spec.SPEC_DIR / "presets"
@@ -46,7 +45,10 @@ DEFAULT_PRESET = "max"
 REGISTERS = ("eax", "ebx", "ecx", "edx")
 _META_KEYS = ("description", "source", "processor", "name", "vendor", "not_logged")
 _U64 = mask(64)
+_SHOWN_PROBLEMS = 3
+"""How many contradictions an error message lists (the rest are counted)."""
 _U32 = mask(32)
+_T = TypeVar("_T")
 
 
 @attrs.frozen
@@ -63,14 +65,14 @@ class CpuidLeaf:
         return value
 
 
-def normalize_leaf_key(key: str) -> str:
+def normalize_leaf_key(key: str, where: str = "cpuid") -> str:
     """``"7.0"``, ``"0x07.0"`` and ``"0x00000007.0x0"`` all name leaf 7 sub-leaf 0 (``"0x7.0"``)."""
     leaf_text, _, sub_text = key.partition(".")
     try:
         leaf = int(leaf_text, 16) if not leaf_text.lower().startswith("0x") else parse_int(leaf_text)
         sub = parse_int(sub_text) if sub_text else None
     except ValueError as e:
-        raise InputError("cpuid", repr(key), "a leaf key is '<leaf>[.<subleaf>]', e.g. '0x7.0'") from e
+        raise InputError(where, shown(key), "a leaf key is '<leaf>[.<subleaf>]', e.g. '0x7.0'") from e
     return f"{leaf:#x}" + (f".{sub}" if sub is not None else "")
 
 
@@ -121,10 +123,11 @@ class Capabilities:
             if key == "cpuid":
                 if not isinstance(value, dict):
                     raise InputError(f"{where}.cpuid", type(value).__name__, "must be an object of leaves")
-                for leaf_key, regs in value.items():
-                    cpuid[normalize_leaf_key(leaf_key)] = _leaf(regs, f"{where}.cpuid.{leaf_key}")
+                given = {normalize_leaf_key(k, key_path(f"{where}.cpuid", k)): k for k in value}
+                for leaf, leaf_key in given.items():
+                    cpuid[leaf] = _leaf(value[leaf_key], key_path(f"{where}.cpuid", leaf_key))
                 for fact in CPUID_FACTS:
-                    if any(normalize_leaf_key(k) == fact.leaf_key for k in value):
+                    if fact.leaf_key in given:
                         facts[fact.name] = _derive_fact(fact, cpuid[fact.leaf_key])
             elif key in CAPABILITY_MSRS:
                 msrs[key] = json_int(value, f"{where}.{key}", 64)
@@ -132,16 +135,18 @@ class Capabilities:
                 fact = CPUID_FACTS[key]
                 given_facts[key] = _fact_value(fact, value, f"{where}.{key}")
             else:
-                raise InputError(f"{where}.{key}", repr(value),
-                                 "unknown key: expected an IA32_VMX_* MSR name, a fact name "
-                                 f"({', '.join(CPUID_FACTS.keys())}), 'cpuid' or {_META_KEYS}")
+                raise InputError(key_path(where, key), shown(value),
+                                 "unknown key: expected an IA32_VMX_* MSR name, 'cpuid', a fact name "
+                                 f"({listed(tuple(CPUID_FACTS.keys()), 6)}) or one of {', '.join(_META_KEYS)}")
         facts.update(given_facts)
         caps = Capabilities(name or self.name, msrs, cpuid, facts,
                             str(obj.get("description", self.description)),
                             str(obj.get("source", self.source)))
         problems = caps.consistency_problems()
         if problems:
-            raise InputError(where, name or self.name, "inconsistent capabilities: " + "; ".join(problems)
+            more = len(problems) - _SHOWN_PROBLEMS
+            raise InputError(where, name or self.name, "inconsistent capabilities: "
+                             + "; ".join(problems[:_SHOWN_PROBLEMS]) + (f" (and {more} more)" if more > 0 else "")
                              + f" (values not given come from {self.name!r}: give related MSRs together)")
         return caps
 
@@ -152,15 +157,41 @@ class Capabilities:
         return self.msrs.get(name)
 
     def msr_field(self, msr_name: str, bitfield: str) -> int | None:
-        """A named bit field of a capability MSR; None if the MSR is unknown."""
+        """A named bit field of a capability MSR; None if the MSR is unknown (memoized per value)."""
+        key = (msr_name, bitfield)
+        memo = self._msr_field_memo
+        if key in memo:
+            return memo[key]
+        value = memo[key] = self._msr_field(msr_name, bitfield)
+        return value
+
+    def _msr_field(self, msr_name: str, bitfield: str) -> int | None:
         value = self.msrs.get(msr_name)
         if value is None:
             return None
         return CAPABILITY_MSRS[msr_name].field(bitfield).get(value)
 
+    @functools.cached_property
+    def _msr_field_memo(self) -> dict[tuple[str, str], int | None]:
+        return {}
+
+    @functools.cached_property
+    def _derived_memo(self) -> dict[Hashable, object]:
+        return {}
+
+    def memoized(self, key: Hashable, compute: Callable[[], _T]) -> _T:
+        """``compute()``, computed once per capabilities value and ``key``: for values derived from the
+        capabilities alone (and ``key``), such as the EPT an EPTP selects. ``key`` names the function
+        and its other arguments."""
+        memo = self._derived_memo
+        if key in memo:
+            return memo[key]  # type: ignore[return-value]
+        value = memo[key] = compute()
+        return value
+
     def fact(self, name: str) -> int | None:
         """A named processor fact (``MAXPHYADDR``, ``CPUID_PCID``, ...); None if unknown."""
-        if name not in CPUID_FACTS:
+        if name not in _FACT_NAMES:
             raise InputError("fact", name, f"unknown fact (known: {', '.join(CPUID_FACTS.keys())})")
         return self.facts.get(name)
 
@@ -241,8 +272,28 @@ class Capabilities:
     def _active(self, field_key: str) -> bool | None:
         return self.evaluate(CONTROL_FIELDS[field_key].enabled_by)
 
+    @functools.cached_property
+    def _allowed_memo(self) -> dict[str, tuple[int | None, int | None]]:
+        return {}
+
+    def _allowed_settings(self, field_key: str) -> tuple[int | None, int | None]:
+        """(allowed0, allowed1) of a control field, computed once per value (filled lazily: a
+        secondary field's settings depend on the primary field's)."""
+        memo = self._allowed_memo
+        settings = memo.get(field_key)
+        if settings is None:
+            settings = memo[field_key] = (self._allowed0(field_key), self._allowed1(field_key))
+        return settings
+
     def allowed0(self, field_key: str) -> int | None:
         """The bits of a control field that must be 1 (allowed-0 settings = 0 there)."""
+        return self._allowed_settings(field_key)[0]
+
+    def allowed1(self, field_key: str) -> int | None:
+        """The bits of a control field that may be 1."""
+        return self._allowed_settings(field_key)[1]
+
+    def _allowed0(self, field_key: str) -> int | None:
         cf = CONTROL_FIELDS[field_key]
         if cf.msr_format is not MsrFormat.PAIR:
             return 0  # an allowed-1-only MSR: every control of the field may be 0
@@ -254,8 +305,7 @@ class Capabilities:
             return None
         return value & _U32
 
-    def allowed1(self, field_key: str) -> int | None:
-        """The bits of a control field that may be 1."""
+    def _allowed1(self, field_key: str) -> int | None:
         cf = CONTROL_FIELDS[field_key]
         active = self._active(field_key)
         if active is False:
@@ -337,7 +387,7 @@ def _msr_name(key: str | int) -> str:
 
 def _leaf(regs: object, where: str) -> CpuidLeaf:
     if not isinstance(regs, dict) or set(regs) - set(REGISTERS):
-        raise InputError(where, repr(regs), "a CPUID leaf is an object with keys eax, ebx, ecx, edx")
+        raise InputError(where, shown(regs), "a CPUID leaf is an object with keys eax, ebx, ecx, edx")
     return CpuidLeaf(**{r: json_int(regs.get(r, 0), f"{where}.{r}", 32) for r in REGISTERS})
 
 
@@ -355,14 +405,15 @@ def _fact_value(fact: spec.CpuidFact, value: object, where: str) -> int:
 
 
 _EMPTY = Capabilities("empty")
+_FACT_NAMES = frozenset(CPUID_FACTS.keys())
 
 
 @functools.cache
 def load_preset(name: str) -> Capabilities:
     """A named preset from ``spec/presets/<name>.json``."""
+    if name not in preset_names():  # a name, never a path: "../x" reads no other file
+        raise InputError("profile", shown(name), f"no such preset (presets: {', '.join(preset_names())})")
     path = PRESET_DIR / f"{name}.json"
-    if not path.is_file():
-        raise InputError("profile", repr(name), f"no such preset (presets: {', '.join(preset_names())})")
     return _EMPTY.overlay(read_json(path), name=name, where=str(path))
 
 
@@ -373,14 +424,7 @@ def preset_names() -> list[str]:
 
 def read_json(path: Path) -> Any:
     """Parse a JSON file; InputError naming the file, line and column on failure."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(str(path), "unreadable", str(e)) from e
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}:{e.lineno}:{e.colno}", "invalid JSON", e.msg) from e
+    return parse_json(read_text(path), str(path))
 
 
 def resolve_capabilities(*, profile: str | None = None, msrs_file: Path | None = None,
@@ -391,13 +435,13 @@ def resolve_capabilities(*, profile: str | None = None, msrs_file: Path | None =
     input's ``"capabilities"`` object, then the ``--msrs`` file (command line over file).
     """
     doc = document or {}
-    preset = profile or doc.get("profile") or DEFAULT_PRESET
+    preset = profile if profile is not None else doc.get("profile", DEFAULT_PRESET)
     if not isinstance(preset, str):
-        raise InputError("profile", repr(preset), "must be a preset name")
+        raise InputError("profile", shown(preset), "must be a preset name")
     caps = load_preset(preset)
     if "capabilities" in doc:
         caps = Capabilities.from_json(doc["capabilities"], base=caps, name=preset + "+input")
     if msrs_file is not None:
         caps = Capabilities.from_json(read_json(msrs_file), base=caps, name=f"{preset}+{msrs_file.name}",
-                                      where=str(msrs_file))
+                                      where=f"{msrs_file}: capabilities")
     return caps

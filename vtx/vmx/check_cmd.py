@@ -19,7 +19,7 @@ import attrs
 
 from vtx import spec
 from vtx.errors import InputError
-from vtx.inputs import check_keys, json_bool, json_int, json_object
+from vtx.inputs import check_keys, in_file, json_bool, json_int, json_object, key_path, shown
 from vtx.outcomes import InstructionOutcome, VmEntered, VmEntryFailed, VmFailInvalid, VmFailValid
 from vtx.paging.memory import parse_memory
 from vtx.spec import VMCS_FIELDS
@@ -58,20 +58,24 @@ def parse_fields(obj: object, caps: Capabilities) -> dict[str, int]:
     full: dict[str, int] = {}
     high: dict[str, tuple[str, int]] = {}
     for key, raw in obj.items():
-        field, is_high = VMCS_FIELDS.resolve(key)
+        where = key_path("fields", key)
+        try:
+            field, is_high = VMCS_FIELDS.resolve(key)
+        except InputError as e:
+            raise InputError(where, e.value, e.rule) from e
         supported = caps.field_exists(field)
         if not supported:
-            raise InputError(f"fields.{key}", field.name, f"the profile {caps.name!r} does not support this field "
+            raise InputError(where, field.name, f"the profile {caps.name!r} does not support this field "
                              f"(it exists if {field.exists})" if supported is False else
                              f"the profile {caps.name!r} cannot say whether this field exists ({field.exists})")
-        value = json_int(raw, f"fields.{key}", _HIGH_BITS if is_high else field.bits)
+        value = json_int(raw, where, _HIGH_BITS if is_high else field.bits)
         if is_high:
             high[field.name] = (key, value)
         else:
             full[field.name] = value
     for name, (key, value) in high.items():
         if name in full and full[name] >> _HIGH_BITS != value:
-            raise InputError(f"fields.{key}", hex(value), f"contradicts bits 63:32 of {name} = {full[name]:#x}")
+            raise InputError(key_path("fields", key), hex(value), f"contradicts bits 63:32 of {name} = {full[name]:#x}")
         full[name] = full.get(name, 0) | value << _HIGH_BITS
     return full
 
@@ -101,7 +105,7 @@ def parse(doc: object, *, profile: str | None = None, msrs: Path | None = None) 
         mode=VmxMode.ROOT, efer=base.efer if ia32e else 0, cs_l=ia32e, in_smm=flags.get("in_smm", False),
         blocking_by_mov_ss=flags.get("blocking_by_mov_ss", False), vmxon_pointer=vmxon_pointer,
         current_vmcs=vmcs_address if flags.get("current_vmcs", True) else INVALID_POINTER,
-        regions={vmxon_pointer: VmxonRegion(revision), vmcs_address: vmcs}, memory=parse_memory(d.get("memory")))
+        regions={vmxon_pointer: VmxonRegion(revision), vmcs_address: vmcs}, memory=parse_memory(d.get("memory", [])))
     return CheckInput(caps, vmcs, state, instruction)
 
 
@@ -170,16 +174,19 @@ def render_svm(result: Mapping[str, Any]) -> str:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    doc = read_json(args.file)
-    if isinstance(doc, dict) and doc.get("arch", "vmx") == "svm":
-        result = check_svm_document(doc, profile=args.profile, msrs=args.msrs)
-        text = render_svm(result)
-    else:
-        if isinstance(doc, dict) and doc.get("arch", "vmx") != "vmx":
-            raise InputError("arch", repr(doc["arch"]), "must be 'vmx' or 'svm'")
-        result = run(parse({k: v for k, v in doc.items() if k != "arch"} if isinstance(doc, dict) else doc,
-                           profile=args.profile, msrs=args.msrs))
-        text = render(result)
+    if args.profile is not None:
+        load_preset(args.profile)  # a bad --profile is the command line's fault, not the file's
+    with in_file(args.file, args.msrs):
+        doc = read_json(args.file)
+        if isinstance(doc, dict) and doc.get("arch", "vmx") == "svm":
+            result = check_svm_document(doc, profile=args.profile, msrs=args.msrs)
+            text = render_svm(result)
+        else:
+            if isinstance(doc, dict) and doc.get("arch", "vmx") != "vmx":
+                raise InputError("arch", shown(doc["arch"]), "must be 'vmx' or 'svm'")
+            result = run(parse({k: v for k, v in doc.items() if k != "arch"} if isinstance(doc, dict) else doc,
+                               profile=args.profile, msrs=args.msrs))
+            text = render(result)
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json else text)
     return 0 if result["outcome"] == "success" and not result["not_evaluable"] else 1
 

@@ -20,6 +20,7 @@ import attrs
 
 from vtx.bits import mask, parse_int
 from vtx.errors import InputError, NotEvaluable
+from vtx.inputs import shown
 from vtx.outcomes import VmFailValid, VmSucceed
 from vtx.spec import ENCODING, REGION, VMCS_FIELDS, VmcsField, get_error
 from vtx.vmx.capabilities import Capabilities
@@ -40,9 +41,12 @@ def _slots() -> tuple[dict[int, tuple[int, int]], tuple[tuple[int, ...], ...]]:
 
 
 _SLOT, _ZEROS = _slots()
+_FIELD_MASK = {f.encoding: mask(f.bits) for f in VMCS_FIELDS}
+"""The bits of each field, by encoding (precomputed for the write paths)."""
 _HIGH_SHIFT = 32
 _ERR_UNSUPPORTED = get_error("UNSUPPORTED_VMCS_COMPONENT")
 _ERR_READ_ONLY = get_error("VMWRITE_READ_ONLY_VMCS_COMPONENT")
+_ENCODING_MASK = mask(ENCODING.operand_bits)
 
 
 FieldValues = Mapping[str, object] | Mapping[int, object] | Mapping[str | int, object]
@@ -95,17 +99,23 @@ class Vmcs:
 
     def set(self, field: VmcsField, value: int) -> Vmcs:
         """A copy with ``field`` set to ``value``, which must fit the field."""
+        if value.__class__ is int and 0 <= value <= _FIELD_MASK[field.encoding]:  # fast path: a fitting int
+            return self._replace(field, value)
         return self._replace(field, _fit(field, value))
 
     def _replace(self, field: VmcsField, value: int) -> Vmcs:
-        """A copy with ``field`` set to ``value`` (already known to fit)."""
+        """A copy with ``field`` set to ``value`` (already known to fit): only the field's group is copied."""
         g, i = _SLOT[field.encoding]
-        values = self.values
-        group = values[g]
+        group = list(self.values[g])
+        group[i] = value
+        values = list(self.values)
+        values[g] = tuple(group)
         new = object.__new__(Vmcs)
-        for name in _HEADER:
-            object.__setattr__(new, name, getattr(self, name))
-        object.__setattr__(new, "values", (*values[:g], (*group[:i], value, *group[i + 1:]), *values[g + 1:]))
+        _set_attribute(new, "revision_id", self.revision_id)
+        _set_attribute(new, "shadow", self.shadow)
+        _set_attribute(new, "abort_indicator", self.abort_indicator)
+        _set_attribute(new, "launch_state", self.launch_state)
+        _set_attribute(new, "values", tuple(values))
         return new
 
     def with_fields(self, fields: FieldValues) -> Vmcs:
@@ -121,14 +131,22 @@ class Vmcs:
         return {f.name: v for f in VMCS_FIELDS if (v := self.get(f))}
 
 
-_HEADER = tuple(a.name for a in attrs.fields(Vmcs) if a.name != "values")
+_set_attribute = object.__setattr__
+if tuple(a.name for a in attrs.fields(Vmcs)) != ("revision_id", "shadow", "abort_indicator", "launch_state", "values"):
+    raise AssertionError("Vmcs._replace copies the header attributes by name: keep it in step with the class")
+
+
+def slot(field: VmcsField) -> tuple[int, int]:
+    """Where ``field`` lives in :attr:`Vmcs.values`: (group, index). For precomputed fast paths
+    that read many fields of one VMCS (``vmcs.values[g][i] == vmcs.get(field)``)."""
+    return _SLOT[field.encoding]
 
 
 def _fit(field: VmcsField, raw: object) -> int:
     try:
         value = parse_int(raw)
     except ValueError as e:
-        raise InputError(str(field), repr(raw), f"a field value is an integer or hex string ({e})") from e
+        raise InputError(str(field), shown(raw), f"a field value is an integer or hex string ({e})") from e
     if not 0 <= value <= mask(field.bits):
         raise InputError(str(field), hex(value) if value >= 0 else str(value),
                          f"wider than the {field.width.value}-bit field (SDM {ENCODING.citation})")
@@ -149,22 +167,71 @@ def _lookup(caps: Capabilities, encoding: int, operand_bits: int) -> tuple[VmcsF
         return None
     supported = caps.field_exists(hit[0])
     if supported is None:
-        raise NotEvaluable(str(hit[0]), f"exists if {hit[0].exists}", "the capability profile cannot say "
-                           "whether this processor supports the field")
+        raise _support_unknown(hit[0])
     return hit if supported else None
+
+
+def _support_unknown(field: VmcsField) -> NotEvaluable:
+    return NotEvaluable(str(field), f"exists if {field.exists}", "the capability profile cannot say "
+                        "whether this processor supports the field")
+
+
+@attrs.frozen
+class _Access:
+    """What VMREAD / VMWRITE need to know about one encoding, computed once: the field, whether the
+    encoding is its high access, where the field lives in :attr:`Vmcs.values` and its bits."""
+
+    field: VmcsField
+    high: bool
+    group: int
+    index: int
+    field_mask: int
+    read_only: bool
+
+
+def _accesses() -> dict[int, _Access]:
+    """Every encoding :meth:`~vtx.spec.FieldCatalogue.by_encoding` resolves (full and high accesses)."""
+    table = {}
+    for f in VMCS_FIELDS:
+        for encoding in (f.encoding, f.high_encoding):
+            hit = None if encoding is None else VMCS_FIELDS.by_encoding(encoding)
+            if encoding is not None and hit is not None:
+                g, i = _SLOT[f.encoding]
+                table[encoding] = _Access(hit[0], hit[1], g, i, mask(f.bits), f.is_read_only)
+    return table
+
+
+_ACCESS = _accesses()
+_OPERAND_MASK = {32: mask(32), 64: mask(64)}
+_LOW_HALF = mask(_HIGH_SHIFT)
+_SUCCEED = VmSucceed()
+
+
+def _access(caps: Capabilities, encoding: int, operand_bits: int) -> _Access | None:
+    """:func:`_lookup` from the precomputed table (same answers, same errors; tested against it)."""
+    if operand_bits not in _OPERAND_MASK:
+        raise InputError("operand_bits", operand_bits, "VMREAD/VMWRITE operands are 32 or 64 bits")
+    if operand_bits == 64 and encoding >> ENCODING.operand_bits:
+        return None
+    access = _ACCESS.get(encoding & _ENCODING_MASK)
+    if access is None:
+        return None
+    supported = caps.field_exists(access.field)
+    if supported is None:
+        raise _support_unknown(access.field)
+    return access if supported else None
 
 
 def vmread(vmcs: Vmcs, caps: Capabilities, encoding: int, *, operand_bits: int = 64) -> VmSucceed | VmFailValid:
     """VMREAD from the current VMCS: the field's value zero-extended (or truncated) to the
     operand size, or VMfailValid(12) if the encoding names no supported VMCS component."""
-    hit = _lookup(caps, encoding, operand_bits)
-    if hit is None:
+    access = _access(caps, encoding, operand_bits)
+    if access is None:
         return VmFailValid(_ERR_UNSUPPORTED)
-    field, high = hit
-    value = vmcs.get(field)
-    if high:
+    value = vmcs.values[access.group][access.index]
+    if access.high:
         value >>= _HIGH_SHIFT
-    return VmSucceed(value & mask(operand_bits))
+    return VmSucceed(value & _OPERAND_MASK[operand_bits])
 
 
 def vmwrite(vmcs: Vmcs, caps: Capabilities, encoding: int, value: int, *,
@@ -176,21 +243,21 @@ def vmwrite(vmcs: Vmcs, caps: Capabilities, encoding: int, value: int, *,
     is truncated to the field; a full write with an operand narrower than the field clears the
     field's upper bits; a high write replaces bits 63:32 only.
     """
-    hit = _lookup(caps, encoding, operand_bits)
-    if hit is None:
+    access = _access(caps, encoding, operand_bits)
+    if access is None:
         return vmcs, VmFailValid(_ERR_UNSUPPORTED)
-    field, high = hit
-    if field.is_read_only:
+    field = access.field
+    if access.read_only:
         any_field = caps.msr_field("IA32_VMX_MISC", "vmwrite_any_field")
         if any_field is None:
             raise NotEvaluable(str(field), "read-only", "IA32_VMX_MISC is unknown, so whether "
                                "VMWRITE may write VM-exit information fields (bit 29) is too")
         if not any_field:
             return vmcs, VmFailValid(_ERR_READ_ONLY)
-    source = value & mask(operand_bits)
-    if high:
-        low = vmcs.get(field) & mask(_HIGH_SHIFT)
-        new = (source & mask(_HIGH_SHIFT)) << _HIGH_SHIFT | low
+    source = value & _OPERAND_MASK[operand_bits]
+    if access.high:
+        low = vmcs.get(field) & _LOW_HALF
+        new = (source & _LOW_HALF) << _HIGH_SHIFT | low
     else:
-        new = source & mask(field.bits)
-    return vmcs._replace(field, new), VmSucceed()
+        new = source & access.field_mask
+    return vmcs._replace(field, new), _SUCCEED

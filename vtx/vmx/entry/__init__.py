@@ -13,11 +13,19 @@ registered check and reports every violation; the outcome is that of the first f
 vtx's documented order — controls (7), host state (8), guest state (33), MSR loading (34) — and
 the other outcomes a processor may produce are listed too. The basic checks (#UD, #GP,
 VMfailInvalid, VMfailValid 4, 5 and 26) are the instruction's own (:mod:`vtx.vmx.instructions`).
+
+Two shortcuts keep the evaluation fast without changing its verdict (both are tested against
+:func:`evaluate_every_check`, which runs every check): a check whose row applies only under a VMX
+control setting (its :func:`gates`, read from ``applies_if``) is skipped while the VMCS does not have
+that setting; and after VMWRITEs, :func:`evaluate_vm_entry_incremental` (or
+:class:`EntryEvaluation`) re-runs only the checks whose catalogue ``fields`` include a changed field.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import functools
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import attrs
 
@@ -28,8 +36,9 @@ from vtx.outcomes import VmEntryFailed, VmFailValid
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry.catalogue import ENTRY_CHECKS, EntryCheckSpec
+from vtx.vmx.entry.common import ControlFlag, control_flag
 from vtx.vmx.operation import LogicalProcessor, MemoryReader, Region, region_header
-from vtx.vmx.vmcs import Vmcs
+from vtx.vmx.vmcs import Vmcs, slot
 
 FAILURE_ORDER = ("vmfail_valid_7", "vmfail_valid_8", "vmfail_valid_16", "vmfail_valid_17", "vmfail_valid_18",
                  "vmfail_valid_25", "exit_33", "exit_34")
@@ -167,16 +176,54 @@ def _outcome(v: Violation) -> EntryOutcome:
     return VmEntryFailed(spec.get_exit_reason(reason), v.qualification or 0)
 
 
-def evaluate_vm_entry(vmcs: Vmcs, caps: Capabilities, context: EntryContext | None = None) -> EntryVerdict:
-    """Run every registered check; report all violations and the outcomes they can produce."""
+def _run(check: RegisteredCheck, vmcs: Vmcs, caps: Capabilities, ctx: EntryContext, *, violations: list[Violation],
+         unknown: list[str]) -> None:
+    """Run one check, appending its violations, or the reason it cannot be decided."""
+    try:
+        for found in check.fn(vmcs, caps, ctx):
+            violations.append(_violation(check.spec, found))
+    except NotEvaluable as e:
+        unknown.append(f"{check.spec.id}{_UNKNOWN_SEPARATOR}{e}")
+
+
+_UNKNOWN_SEPARATOR = ": "
+"""Between the check id and the reason in :attr:`EntryVerdict.not_evaluable` (ids never contain it)."""
+
+
+def evaluate_every_check(vmcs: Vmcs, caps: Capabilities, context: EntryContext | None = None) -> EntryVerdict:
+    """Run every registered check, applicable or not; the reference :func:`evaluate_vm_entry` equals."""
     ctx = context or EntryContext()
     violations: list[Violation] = []
     unknown: list[str] = []
     for check in REGISTRY.values():
-        try:
-            violations += [_violation(check.spec, found) for found in check.fn(vmcs, caps, ctx)]
+        _run(check, vmcs, caps, ctx, violations=violations, unknown=unknown)
+    return _verdict(violations, unknown)
+
+
+def evaluate_vm_entry(vmcs: Vmcs, caps: Capabilities, context: EntryContext | None = None) -> EntryVerdict:
+    """Run every registered check that applies; report all violations and the outcomes they can produce.
+
+    A check whose catalogue row applies only under a VMX control setting (:func:`gates`) is skipped
+    while the VMCS does not have that setting: it cannot be violated then."""
+    ctx = context or EntryContext()
+    violations: list[Violation] = []
+    unknown: list[str] = []
+    values = vmcs.values
+    for check, gate_slots in _plan():
+        if gate_slots and not _gates_hold(values, gate_slots):
+            continue
+        try:  # _run, inlined: this loop is the hot path of every VM entry
+            for found in check.fn(vmcs, caps, ctx):
+                violations.append(_violation(check.spec, found))
         except NotEvaluable as e:
-            unknown.append(f"{check.spec.id}: {e}")
+            unknown.append(f"{check.spec.id}{_UNKNOWN_SEPARATOR}{e}")
+    return _verdict(violations, unknown)
+
+
+def _verdict(violations: list[Violation], unknown: list[str]) -> EntryVerdict:
+    """The verdict of these violations (in registry order): the outcome of the first failing class."""
+    if not violations:
+        return EntryVerdict((), None, (), tuple(unknown))
     failing = [f for f in FAILURE_ORDER if any(v.check.failure == f for v in violations)]
     if not failing:
         return EntryVerdict(tuple(violations), None, (), tuple(unknown))
@@ -236,6 +283,185 @@ from vtx.vmx.entry import (  # noqa: E402
     smm,
 )
 
-__all__ = ["FAILURE_ORDER", "REGISTRY", "EntryContext", "EntryVerdict", "Finding", "Violation", "entry_check",
-           "evaluate_vm_entry", "exec_controls", "exit_entry_controls", "guest_non_register", "guest_segments",
+# ----------------------------------------------------------------------------- applicability gates
+
+_CONTROL_TERM = re.compile(r"the '(?P<title>[^']+)' (?:(?P<kind>VM-entry|VM-exit|secondary VM-exit) )?"
+                           r"control is (?P<value>[01])")
+_TERM_FIELDS = {"VM-entry": ("entry",), "VM-exit": ("exit",), "secondary VM-exit": ("exit2",),
+                None: ("pin", "proc", "proc2", "proc3")}
+"""Which control fields a control named in ``applies_if`` may belong to: "the 'X' VM-entry control" is a
+VM-entry control, an unqualified "the 'X' control" a VM-execution control."""
+
+
+@attrs.frozen
+class Gate:
+    """A conjunct of a catalogue row's ``applies_if`` that sets one VMX control ("the 'enable EPT'
+    control is 1"): while the control, as VM entry applies it (a secondary control counts only while
+    its field is activated), has the other value, the rule does not apply and cannot be violated."""
+
+    flag: ControlFlag
+    value: bool
+
+    def holds(self, vmcs: Vmcs) -> bool:
+        """Whether ``vmcs`` gives the control the value the rule applies under."""
+        return self.flag.on(vmcs) is self.value
+
+    def fields(self) -> tuple[str, ...]:
+        """The VMCS fields the gate reads: the control's field and the field of its activator."""
+        activator = () if self.flag.activator_field is None else (self.flag.activator_field.name,)
+        return (self.flag.field.name, *activator)
+
+
+def gates(row: EntryCheckSpec) -> tuple[Gate, ...]:
+    """The control settings ``row`` applies under, read from its ``applies_if``: every conjunct (the
+    text split at " and ", unless it has an " or ") that names exactly one VMX control and a value.
+    Other conjuncts (and every "or") are left to the check itself; ignoring them is sound."""
+    if " or " in row.applies_if:
+        return ()
+    found = []
+    for term in row.applies_if.split(" and "):
+        m = _CONTROL_TERM.fullmatch(term)
+        if m is None:
+            continue
+        title = m["title"].lower()
+        named = [c for c in spec.CONTROLS if c.field in _TERM_FIELDS[m["kind"]] and c.title.lower() == title]
+        if len(named) == 1:
+            found.append(Gate(control_flag(named[0].field, named[0].name), m["value"] == "1"))
+    return tuple(found)
+
+
+GateSlots = tuple[tuple[int, int, int, int, int, int, bool], ...]
+"""A check's gates for :func:`_gates_hold`: (activator group, index, mask, control group, index, mask,
+value) each, positions in :attr:`Vmcs.values` (activator mask 0 for a field that always exists)."""
+
+
+def _gate_slots(row_gates: Iterable[Gate]) -> GateSlots:
+    out = []
+    for gate in row_gates:
+        flag = gate.flag
+        act_g, act_i = slot(flag.activator_field) if flag.activator_field is not None else (0, 0)
+        out.append((act_g, act_i, flag.activator, *slot(flag.field), flag.mask, gate.value))
+    return tuple(out)
+
+
+def _gates_hold(values: tuple[tuple[int, ...], ...], gate_slots: GateSlots) -> bool:
+    """:meth:`Gate.holds` for every gate, on the VMCS values directly (tested equal to it)."""
+    for act_g, act_i, act_mask, g, i, bit, value in gate_slots:
+        on = bool(values[g][i] & bit) and (not act_mask or bool(values[act_g][act_i] & act_mask))
+        if on is not value:
+            return False
+    return True
+
+
+Plan = tuple[tuple[RegisteredCheck, GateSlots], ...]
+_plan_cache: dict[int, Plan] = {}
+
+
+def _plan() -> Plan:
+    """The registered checks in order, each with its gates (rebuilt if the registry grew)."""
+    plan = _plan_cache.get(len(REGISTRY))
+    if plan is None:
+        plan = _plan_cache[len(REGISTRY)] = tuple((c, _gate_slots(gates(c.spec))) for c in REGISTRY.values())
+    return plan
+
+
+# ----------------------------------------------------------------------------- incremental evaluation
+
+_VMCS_HEADER = tuple(a.name for a in attrs.fields(Vmcs) if a.name != "values")
+
+
+@functools.cache
+def _dependents(registry_size: int) -> tuple[dict[str, int], dict[tuple[int, int], frozenset[int]]]:
+    """Each check's position in the registry, and for each field slot the positions of the checks that
+    read the field (its catalogue ``fields`` and the fields of its gates)."""
+    position = {check_id: n for n, check_id in enumerate(REGISTRY)}
+    readers: dict[tuple[int, int], set[int]] = {}
+    for n, check in enumerate(REGISTRY.values()):
+        names = {*check.spec.fields, *(f for g in gates(check.spec) for f in g.fields())}
+        for name in names:
+            readers.setdefault(slot(spec.VMCS_FIELDS[name]), set()).add(n)
+    return position, {s: frozenset(ns) for s, ns in readers.items()}
+
+
+def _stale_checks(previous: Vmcs, vmcs: Vmcs) -> set[int] | None:
+    """The positions of the checks that read a field whose value differs between ``previous`` and
+    ``vmcs``; None if the region header differs (then every check is stale)."""
+    if any(getattr(previous, name) != getattr(vmcs, name) for name in _VMCS_HEADER):
+        return None
+    readers = _dependents(len(REGISTRY))[1]
+    stale: set[int] = set()
+    for g, (old, new) in enumerate(zip(previous.values, vmcs.values, strict=True)):
+        if old is new:  # a write copies only its own group
+            continue
+        for i, (a, b) in enumerate(zip(old, new, strict=True)):
+            if a != b:
+                stale |= readers.get((g, i), frozenset())
+    return stale
+
+
+def evaluate_vm_entry_incremental(previous_vmcs: Vmcs, previous_verdict: EntryVerdict, vmcs: Vmcs,
+                                  caps: Capabilities, context: EntryContext | None = None) -> EntryVerdict:
+    """:func:`evaluate_vm_entry` of ``vmcs``, given ``previous_verdict`` = ``evaluate_vm_entry(previous_vmcs,
+    caps, context)`` under the SAME capabilities and context: only the checks whose catalogue fields
+    include a field that changed run again; the other checks keep their previous violations and reasons.
+    (A check reads only its catalogue fields, the capabilities and the context.) Use
+    :class:`EntryEvaluation` to have a change of capabilities or context re-run everything."""
+    stale = _stale_checks(previous_vmcs, vmcs)
+    if stale is None:
+        return evaluate_vm_entry(vmcs, caps, context)
+    if not stale:
+        return previous_verdict
+    ctx = context or EntryContext()
+    position = _dependents(len(REGISTRY))[0]
+    violations = [v for v in previous_verdict.violations if position[v.check.id] not in stale]
+    unknown = [u for u in previous_verdict.not_evaluable
+               if position[u.partition(_UNKNOWN_SEPARATOR)[0]] not in stale]
+    new_violations: list[Violation] = []
+    new_unknown: list[str] = []
+    plan = _plan()
+    values = vmcs.values
+    for n in sorted(stale):
+        check, gate_slots = plan[n]
+        if gate_slots and not _gates_hold(values, gate_slots):
+            continue
+        _run(check, vmcs, caps, ctx, violations=new_violations, unknown=new_unknown)
+    if new_violations:  # back into registry order; sorted() is stable, so each check keeps its own order
+        violations = sorted(violations + new_violations, key=lambda v: position[v.check.id])
+    if new_unknown:
+        unknown = sorted(unknown + new_unknown, key=lambda u: position[u.partition(_UNKNOWN_SEPARATOR)[0]])
+    return _verdict(violations, unknown)
+
+
+@attrs.frozen
+class EntryEvaluation:
+    """A VMCS with its VM-entry verdict under given capabilities and context, to re-check cheaply after
+    VMWRITEs: :meth:`update` re-runs only the checks that read a changed field, and every check when
+    the capabilities or the context change."""
+
+    vmcs: Vmcs
+    caps: Capabilities
+    context: EntryContext
+    verdict: EntryVerdict
+
+    @classmethod
+    def of(cls, vmcs: Vmcs, caps: Capabilities, context: EntryContext | None = None) -> EntryEvaluation:
+        """A full evaluation of ``vmcs``."""
+        ctx = context or EntryContext()
+        return cls(vmcs, caps, ctx, evaluate_vm_entry(vmcs, caps, ctx))
+
+    def update(self, vmcs: Vmcs, caps: Capabilities | None = None,
+               context: EntryContext | None = None) -> EntryEvaluation:
+        """The evaluation of ``vmcs`` under ``caps`` and ``context`` (default: this one's)."""
+        caps = self.caps if caps is None else caps
+        ctx = self.context if context is None else context
+        if (caps is self.caps or caps == self.caps) and (ctx is self.context or ctx == self.context):
+            verdict = evaluate_vm_entry_incremental(self.vmcs, self.verdict, vmcs, caps, ctx)
+        else:
+            verdict = evaluate_vm_entry(vmcs, caps, ctx)
+        return EntryEvaluation(vmcs, caps, ctx, verdict)
+
+
+__all__ = ["FAILURE_ORDER", "REGISTRY", "EntryContext", "EntryEvaluation", "EntryVerdict", "Finding", "Gate",
+           "Violation", "entry_check", "evaluate_every_check", "evaluate_vm_entry", "evaluate_vm_entry_incremental",
+           "exec_controls", "exit_entry_controls", "guest_non_register", "guest_segments",
            "guest_state", "host_state", "msr_load", "smm"]
