@@ -9,6 +9,7 @@ handled (:meth:`DesignBase.route`) and which extra world switches that costs.
 
 from __future__ import annotations
 
+import abc
 import random
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -82,7 +83,7 @@ _EMULATED = frozenset({"CPUID", "MSR_READ", "MSR_WRITE", "IO_INSTRUCTION", "VMCA
                        "RDPMC", "INVD", "WBINVD", "XSETBV", "CR_ACCESS", "DR_ACCESS"})
 
 
-class DesignBase:
+class DesignBase(abc.ABC):
     """The shared parts: VMCS, VM creation, the action for each exit, scheduling."""
 
     name = "base"
@@ -115,9 +116,10 @@ class DesignBase:
 
     # -------------------------------------------------------------- exits
 
+    @abc.abstractmethod
     def route(self, vm: Vm, info: ExitInfo, action: str) -> tuple[str, tuple[str, ...]]:
-        """Who handles an exit with ``action``, and the extra world switches it costs."""
-        raise NotImplementedError
+        """Who handles an exit with ``action``, and the extra world switches it costs (each
+        design says: that is what distinguishes the VMM organisations)."""
 
     def action(self, machine: Machine, vcpu: Vcpu, info: ExitInfo) -> Handling:
         """What is done about the exit, whoever does it (SDM Vol. 3C §29.1 "Architectural State
