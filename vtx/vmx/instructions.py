@@ -240,17 +240,26 @@ def _target_vmcs(state: LogicalProcessor) -> int | None:
     return None if link == INVALID_POINTER else link
 
 
-def vmread(state: LogicalProcessor, caps: Capabilities, encoding: int, *, operand_bits: int = 64) -> Step:
-    """Read a VMCS field (the outcome's value)."""
+def _field_access(state: LogicalProcessor, caps: Capabilities, encoding: int, instruction: str,
+                  bitmap_field: str) -> Step | int:
+    """The branches VMREAD and VMWRITE share: #UD; in non-root operation a VM exit unless VMCS
+    shadowing satisfies the access; #GP(0) at CPL > 0; VMfailInvalid without a VMCS to access.
+    Otherwise the physical address of the VMCS the access goes to."""
     if _ud_conditions(state):
         return state, UD
-    if state.mode is VmxMode.NON_ROOT and _shadow_exit(state, encoding, "VMREAD_BITMAP"):
-        return vm_exit(state, caps, "vmread")
+    if state.mode is VmxMode.NON_ROOT and _shadow_exit(state, encoding, bitmap_field):
+        return vm_exit(state, caps, instruction)
     if state.cpl > 0:
         return state, GP0
     target = _target_vmcs(state)
-    if target is None:
-        return vmfail_invalid(state)
+    return vmfail_invalid(state) if target is None else target
+
+
+def vmread(state: LogicalProcessor, caps: Capabilities, encoding: int, *, operand_bits: int = 64) -> Step:
+    """Read a VMCS field (the outcome's value)."""
+    target = _field_access(state, caps, encoding, "vmread", "VMREAD_BITMAP")
+    if not isinstance(target, int):
+        return target
     outcome = vmcs_access.vmread(state.get_vmcs(target), caps, encoding, operand_bits=operand_bits)
     if isinstance(outcome, VmFailValid):
         return vmfail(state, outcome.error)
@@ -260,15 +269,9 @@ def vmread(state: LogicalProcessor, caps: Capabilities, encoding: int, *, operan
 def vmwrite(state: LogicalProcessor, caps: Capabilities, encoding: int, value: int, *,
             operand_bits: int = 64) -> Step:
     """Write a VMCS field."""
-    if _ud_conditions(state):
-        return state, UD
-    if state.mode is VmxMode.NON_ROOT and _shadow_exit(state, encoding, "VMWRITE_BITMAP"):
-        return vm_exit(state, caps, "vmwrite")
-    if state.cpl > 0:
-        return state, GP0
-    target = _target_vmcs(state)
-    if target is None:
-        return vmfail_invalid(state)
+    target = _field_access(state, caps, encoding, "vmwrite", "VMWRITE_BITMAP")
+    if not isinstance(target, int):
+        return target
     new_vmcs, outcome = vmcs_access.vmwrite(state.get_vmcs(target), caps, encoding, value, operand_bits=operand_bits)
     if isinstance(outcome, VmFailValid):
         return vmfail(state, outcome.error)
