@@ -71,6 +71,10 @@ class Design(Protocol):
 
     def schedule(self, rng: random.Random, lp: int, candidates: Sequence[VcpuRef], machine: Machine) -> VcpuRef: ...
 
+    def io_grants(self, vm: Vm) -> frozenset[int]: ...
+
+    def msr_grants(self, vm: Vm) -> frozenset[int]: ...
+
 
 def ept_levels(caps: Capabilities, vmcs: Vmcs) -> tuple[EptLevel, ...]:
     """The EPT levels the VMCS's EPTP selects on this processor."""
@@ -113,6 +117,18 @@ class DesignBase(abc.ABC):
         memory, vm = install_guest_paging(machine.memory, vm, ept_levels(machine.caps, vmcs),
                                           vmcs["GUEST_CR3"], layout.identity_bytes)
         return attrs.evolve(machine, memory=memory).with_vm(vm)
+
+    # -------------------------------------------------------------- grants
+
+    def io_grants(self, vm: Vm) -> frozenset[int]:
+        """The I/O ports the design lets ``vm`` reach without a VM exit (none: unconditional I/O
+        exiting, SDM Vol. 3C §26.6.2 "Processor-Based VM-Execution Controls")."""
+        return frozenset()
+
+    def msr_grants(self, vm: Vm) -> frozenset[int]:
+        """The MSRs ``vm`` may read or write without a VM exit (none: without MSR bitmaps every
+        RDMSR / WRMSR exits, §26.6.9 "MSR-Bitmap Address")."""
+        return frozenset()
 
     # -------------------------------------------------------------- exits
 
