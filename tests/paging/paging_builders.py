@@ -35,8 +35,14 @@ def eptp(*, ad: bool = False, walk5: bool = False, sss: bool = False, root: int 
     return root | 6 | ((4 if walk5 else 3) << 3) | (ad << 6) | (sss << 7)
 
 
-def ept(*, ad: bool = False, mbec: bool = False, sss: bool = False, c: Capabilities | None = None) -> Ept:
-    return ept_from_eptp(eptp(ad=ad, sss=sss), c or caps(), secondary_controls=MBEC if mbec else 0)
+PAGING_WRITE = get_control("proc3", "ept_paging_write_control").mask
+GUEST_PAGING_VERIFICATION = get_control("proc3", "guest_paging_verification").mask
+
+
+def ept(*, ad: bool = False, mbec: bool = False, sss: bool = False, c: Capabilities | None = None,
+        tertiary: int = 0) -> Ept:
+    return ept_from_eptp(eptp(ad=ad, sss=sss), c or caps(), secondary_controls=MBEC if mbec else 0,
+                         tertiary_controls=tertiary)
 
 
 def w(mem: PhysicalMemory, address: int, value: int, size: int = 8) -> PhysicalMemory:

@@ -79,7 +79,8 @@ def ept_configs(draw: st.DrawFn, maxphy: int) -> tuple[ref.EptCfg, _Builder]:
     walk = draw(st.sampled_from([3, 4]))
     eptp = 6 | (walk << 3) | (draw(st.booleans()) << 6) | (draw(st.booleans()) << 7) | b.ept_table()
     cfg = ref.EptCfg(eptp, exec_only=draw(st.booleans()), pde_2mb=draw(st.booleans()), pdpte_1gb=draw(st.booleans()),
-                     advanced=draw(st.booleans()), mbec=draw(st.booleans()))
+                     advanced=draw(st.booleans()), mbec=draw(st.booleans()),
+                     paging_write=draw(st.integers(0, 3)) == 0, gpv=draw(st.integers(0, 3)) == 0)
     return cfg, b
 
 
@@ -95,6 +96,7 @@ def _ept_entry(b: _Builder, cfg: ref.EptCfg, *, leaf: bool, page: bool, addr: in
         e |= draw(st.booleans()) << 6
         if draw(st.booleans()):
             e |= 1 << 60
+        e |= draw(st.sampled_from([0, 1 << 57, 1 << 58, 3 << 57, 1 << 58]))  # verify guest paging, paging-write
     if page and not leaf:
         e |= 1 << 7
     choices = _phys_reserved_bits(b.maxphy)
@@ -198,10 +200,17 @@ def scenarios(draw: st.DrawFn, *, with_ept: bool) -> Scenario:  # noqa: PLR0915 
     else:
         gla = draw(st.integers(0, (1 << 32) - 1))
     cpl3 = draw(st.booleans())
-    access = ref.Acc(draw(st.sampled_from(KINDS)), user=cpl3,
-                     implicit=(not cpl3) and draw(st.integers(0, 4)) == 0, nmi=draw(st.booleans()))
+    kind = draw(st.sampled_from(KINDS))
+    shadow_stack = kind != "fetch" and draw(st.integers(0, 4)) == 0
+    access = ref.Acc(kind, user=cpl3, implicit=(not cpl3) and not shadow_stack and draw(st.integers(0, 4)) == 0,
+                     nmi=draw(st.booleans()), ss=shadow_stack, asynchronous=draw(st.integers(0, 4)) == 0,
+                     size=draw(st.sampled_from([1, 1, 1, 2, 4, 8])))
+    if draw(st.integers(0, 5)) == 0:
+        gla = gla | 0xFFF  # the last byte of a page: a wider access crosses into the next
     rflags = 2 | (draw(st.booleans()) << 18)
     pkru = draw(st.integers(0, (1 << 32) - 1))
+    pat = draw(st.sampled_from([ref.PAT_RESET, 0x0001050406070400, 0x0606060606060606]))
+    cr0 |= (draw(st.integers(0, 7)) == 0) << 30  # CR0.CD: memory type UC
     ept_cfg, b = draw(ept_configs(maxphy)) if with_ept else (None, _Builder(draw, maxphy))
 
     pages = iter(draw(st.permutations(list(GUEST_TABLE_PAGES))))
@@ -242,7 +251,7 @@ def scenarios(draw: st.DrawFn, *, with_ept: bool) -> Scenario:  # noqa: PLR0915 
         if not leaf_level:
             guest_tables.append(nxt)
         table = nxt
-    guest = ref.Guest(cr0, cr3, cr4, efer, rflags, pkru, pdptes if (with_ept and mode == "pae") else None)
+    guest = ref.Guest(cr0, cr3, cr4, efer, rflags, pkru, pdptes if (with_ept and mode == "pae") else None, pat)
     # place guest tables (through EPT when in use)
     for gpa, size, value in writes:
         hpa = gpa
@@ -294,15 +303,18 @@ def ept_capabilities(exec_only: bool, pde_2mb: bool, pdpte_1gb: bool, advanced: 
 
 def vtx_inputs(sc: Scenario) -> tuple[PagingState, PagingFeatures, PhysicalMemory, Access, Ept | None]:
     g = sc.guest
-    state = PagingState(g.cr0, g.cr3, g.cr4, g.efer, g.rflags, g.pkru, g.pdptes)
-    access = Access(AccessKind(sc.access.kind), user=sc.access.user, implicit=sc.access.implicit,
-                    nmi_unblocking=sc.access.nmi)
+    state = PagingState(g.cr0, g.cr3, g.cr4, g.efer, g.rflags, g.pkru, g.pdptes, g.pat)
+    a = sc.access
+    access = Access(AccessKind(a.kind), user=a.user, implicit=a.implicit, nmi_unblocking=a.nmi, shadow_stack=a.ss,
+                    asynchronous=a.asynchronous, size=a.size)
     ept = None
     if sc.ept is not None:
         c = sc.ept
         caps = ept_capabilities(c.exec_only, c.pde_2mb, c.pdpte_1gb, c.advanced, sc.maxphy)
         mbec = get_control("proc2", "mode_based_execute_control_for_ept").mask if c.mbec else 0
-        ept = ept_from_eptp(c.eptp, caps, secondary_controls=mbec)
+        tertiary = ((get_control("proc3", "ept_paging_write_control").mask if c.paging_write else 0)
+                    | (get_control("proc3", "guest_paging_verification").mask if c.gpv else 0))
+        ept = ept_from_eptp(c.eptp, caps, secondary_controls=mbec, tertiary_controls=tertiary)
     return state, PagingFeatures(sc.maxphy, sc.gb_pages), PhysicalMemory.from_pages(sc.mem), access, ept
 
 
@@ -319,7 +331,8 @@ def run_vtx(sc: Scenario) -> tuple[tuple[object, ...], list[tuple[str, int, int,
 
 def as_tuple(out: Outcome) -> tuple[object, ...]:
     if isinstance(out, Translated):
-        return ("ok", out.gpa, out.hpa, out.page_size)
+        second = () if out.second is None else (as_tuple(out.second),)
+        return ("ok", out.gpa, out.hpa, out.page_size, out.memory_type, *second)
     if isinstance(out, PageFault):
         return ("pf", out.error_code, out.address)
     if isinstance(out, EptViolation):

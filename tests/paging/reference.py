@@ -4,10 +4,13 @@ Written from the SDM's prose, not from vtx's tables or code: bit positions are l
 each mode is spelled out, memory is a plain dict of bytearrays, and nothing is precompiled.
 Its results are compared with vtx.paging's in the property tests. It returns plain tuples:
 
-    ("ok", gpa, hpa, page_size) | ("pf", error_code, gla) | ("gp",)
+    ("ok", gpa, hpa, page_size, memory_type) | ("pf", error_code, gla) | ("gp",)
     | ("ept_violation", qualification, gpa, gla) | ("ept_misconfig", gpa)
 
 together with the references made as (space, level, address, value) and the final memory.
+``memory_type`` is the effective memory type under EPT (None without). An access whose bytes
+cross a page boundary is two accesses, first page first; the result is the first part's "ok"
+with the second's appended, or the first fault.
 """
 
 from __future__ import annotations
@@ -55,6 +58,19 @@ def addr_mask(maxphy: int) -> int:
     return ((1 << maxphy) - 1) & ~0xFFF
 
 
+PAT_RESET = 0x0007040600070406  # SDM Vol. 3A 12.12.4: WB WT UC- UC WB WT UC- UC
+
+# SDM Vol. 3A Table 12-7, MTRR (here: EPT) type -> {PAT type: effective type}
+COMBINE = {
+    "UC": {"UC": "UC", "UC-": "UC", "WC": "WC", "WT": "UC", "WB": "UC", "WP": "UC"},
+    "WC": {"UC": "UC", "UC-": "WC", "WC": "WC", "WT": "UC", "WB": "WC", "WP": "UC"},
+    "WT": {"UC": "UC", "UC-": "UC", "WC": "WC", "WT": "WT", "WB": "WT", "WP": "WP"},
+    "WB": {"UC": "UC", "UC-": "UC", "WC": "WC", "WT": "WT", "WB": "WB", "WP": "WP"},
+    "WP": {"UC": "UC", "UC-": "WC", "WC": "WC", "WT": "WT", "WB": "WP", "WP": "WP"},
+}
+TYPE_NAMES = {0: "UC", 1: "WC", 4: "WT", 5: "WP", 6: "WB", 7: "UC-"}
+
+
 @dataclass
 class Guest:
     cr0: int
@@ -64,6 +80,7 @@ class Guest:
     rflags: int = 2
     pkru: int = 0
     pdptes: tuple[int, ...] | None = None
+    pat: int = PAT_RESET
 
 
 @dataclass
@@ -72,6 +89,9 @@ class Acc:
     user: bool
     implicit: bool = False
     nmi: bool = False
+    ss: bool = False  # a shadow-stack access (read or write)
+    asynchronous: bool = False
+    size: int = 1
 
 
 @dataclass
@@ -82,6 +102,8 @@ class EptCfg:
     pdpte_1gb: bool = True
     advanced: bool = True
     mbec: bool = False
+    paging_write: bool = False  # the "EPT paging-write control"
+    gpv: bool = False  # the "guest-paging verification" control
 
 
 class Stop(Exception):  # noqa: N818 - control flow inside the reference only
@@ -109,6 +131,7 @@ def guest_walk(g: Guest, maxphy: int, gb: bool, gla: int, read_entry) -> tuple: 
     size8 = mode != "32bit"
     rsvd_phys = ((1 << 52) - 1) & ~((1 << maxphy) - 1) if size8 else 0
     user = rw = 1
+    upper_rw = 1
     xd = 0
     entries = []
     if mode == "32bit":
@@ -189,14 +212,16 @@ def guest_walk(g: Guest, maxphy: int, gb: bool, gla: int, read_entry) -> tuple: 
             else:
                 size = 1 << lo
                 frame = e & addr_mask(maxphy) & ~(size - 1) if size8 else e & 0xFFFFF000
-            return ("walk", frame | (gla & (size - 1)), size, user, rw, xd, e, entries)
+            return ("walk", frame | (gla & (size - 1)), size, user, rw, xd, e, entries, upper_rw,
+                    name == "PTE")
+        upper_rw = rw
         table = (e & addr_mask(maxphy)) if size8 else (e & 0xFFFFF000)
     raise AssertionError
 
 
 def guest_rights(g: Guest, mode: str, w: tuple, acc: Acc) -> tuple[bool, bool]:  # type: ignore[type-arg]
     """(allowed, pk) per SDM 5.6."""
-    _, _, _, user, rw, xd, leaf, _ = w
+    _, _, _, user, rw, xd, leaf, _, upper_rw, _ = w
     wp, smep, smap, ac = bit(g.cr0, 16), bit(g.cr4, 20), bit(g.cr4, 21), bit(g.rflags, 18)
     if acc.kind == "fetch":
         if xd:
@@ -205,12 +230,18 @@ def guest_rights(g: Guest, mode: str, w: tuple, acc: Acc) -> tuple[bool, bool]: 
             return bool(user), False
         return not (user and smep), False
     pk = False
+    if acc.ss:
+        # shadow-stack page: leaf R/W = 0 and D = 1, R/W = 1 above; U/S must match the mode
+        ss_page = upper_rw and not bit(leaf, 1) and bit(leaf, 6)
+        ok = bool(ss_page) and bool(user) == acc.user
     if mode in ("4level", "5level") and bit(g.cr4, 22) and user:
         key = bits(leaf, 62, 59)
         ad, wd = bit(g.pkru, 2 * key), bit(g.pkru, 2 * key + 1)
         if ad or (wd and acc.kind == "write" and (acc.user or wp)):
             pk = True
-    if acc.user:
+    if acc.ss:
+        pass
+    elif acc.user:
         ok = bool(user) and (acc.kind == "read" or bool(rw))
     else:
         ok = True
@@ -227,6 +258,8 @@ def pf_code(g: Guest, acc: Acc, present: int, rsvd: int, pk: bool) -> int:
         code |= 16
     if pk:
         code |= 32
+    if acc.ss:
+        code |= 64
     return code
 
 
@@ -301,7 +334,8 @@ def ept_ok(cfg: EptCfg, perms: int, kind: str, user_addr: bool) -> bool:
 
 
 def ept_qual(cfg: EptCfg, kind: str, perms: int, *, gla_valid: bool, final: bool, info: tuple[int, int, int],
-             nmi: bool, as_write: bool, leaf: int | None) -> int:
+             nmi: bool, as_write: bool, leaf: int | None, ss: bool = False, asynchronous: bool = False,
+             gpv: bool = False) -> int:
     q = {"read": 1, "write": 2, "fetch": 4}[kind]
     if as_write:
         q = 3
@@ -317,8 +351,14 @@ def ept_qual(cfg: EptCfg, kind: str, perms: int, *, gla_valid: bool, final: bool
                 q |= (u << 9) | (rw << 10) | (xd << 11)
     if nmi:
         q |= 1 << 12
+    if ss and final:
+        q |= 1 << 13
     if bit(cfg.eptp, 7) and leaf is not None and bit(leaf, 60):
         q |= 1 << 14
+    if gpv:
+        q |= 1 << 15
+    if asynchronous:
+        q |= 1 << 16
     return q
 
 
@@ -332,12 +372,48 @@ def ept_ad(cfg: EptCfg, mem: Mem, w: tuple, write: bool) -> None:  # type: ignor
 
 # ---------------------------------------------------------------------------- the whole access
 
-def translate(g: Guest, maxphy: int, gb: bool, ept: EptCfg | None, mem: Mem, gla: int,  # noqa: PLR0917, PLR0915
+def translate(g: Guest, maxphy: int, gb: bool, ept: EptCfg | None, mem: Mem, gla: int,  # noqa: PLR0917
               acc: Acc) -> tuple[tuple, list, Mem]:  # type: ignore[type-arg]
+    in_first = PAGE - gla % PAGE
+    if acc.size <= in_first:
+        return translate_one(g, maxphy, gb, ept, mem, gla, acc)
+    long_mode = bit(g.efer, 10) or (bit(g.cr0, 31) and bit(g.cr4, 5) and bit(g.efer, 8))
+    nxt = (gla + in_first) % (1 << (64 if long_mode else 32))
+    if canonical_fault(g, gla) or canonical_fault(g, nxt):
+        return ("gp",), [], mem
+    first, refs, mem = translate_one(g, maxphy, gb, ept, mem, gla, Acc(**{**acc.__dict__, "size": in_first}))
+    if first[0] != "ok":
+        return first, refs, mem
+    second, refs2, mem = translate_one(g, maxphy, gb, ept, mem, nxt,
+                                       Acc(**{**acc.__dict__, "size": acc.size - in_first}))
+    return ((*first, second) if second[0] == "ok" else second), refs + refs2, mem
+
+
+def memory_type(g: Guest, ept_leaf: int, guest_leaf: int | None, is_pte: bool) -> str:
+    """SDM Vol. 3C 30.3.7.2 with Vol. 3A 12.12.3: UC under CR0.CD; EPT type if IPAT; else the
+    EPT type combined with the PAT entry PAT:PCD:PWT selects (WB without guest paging)."""
+    if bit(g.cr0, 30):
+        return "UC"
+    ept_type = TYPE_NAMES[bits(ept_leaf, 5, 3)]
+    if bit(ept_leaf, 6):
+        return ept_type
+    if guest_leaf is None:
+        return COMBINE[ept_type]["WB"]
+    index = (bit(guest_leaf, 7 if is_pte else 12) << 2) | (bit(guest_leaf, 4) << 1) | bit(guest_leaf, 3)
+    return COMBINE[ept_type][TYPE_NAMES[(g.pat >> (8 * index)) & 7]]
+
+
+def translate_one(g: Guest, maxphy: int, gb: bool, ept: EptCfg | None, mem: Mem, gla: int,  # noqa: PLR0917, PLR0915
+                  acc: Acc) -> tuple[tuple, list, Mem]:  # type: ignore[type-arg]
     refs: list[tuple[str, int, int, int]] = []
     if canonical_fault(g, gla):
         return ("gp",), refs, mem
     hpa_of: dict[int, tuple] = {}  # type: ignore[type-arg]
+    table_leaves: list[int] = []  # EPT leaf of each guest paging-structure page read
+
+    def paging_write_ok(perms: int, leaf: int) -> bool:
+        # a processor write to a guest paging structure: W, or PW (bit 58) under the paging-write control
+        return bool(perms & 2) or (ept is not None and ept.paging_write and bool(bit(leaf, 58)))
 
     def gpa_access(gpa: int, kind: str, final: bool, info: tuple[int, int, int], paging: bool) -> int:
         if ept is None:
@@ -348,27 +424,42 @@ def translate(g: Guest, maxphy: int, gb: bool, ept: EptCfg | None, mem: Mem, gla
             if w[1]:
                 raise Stop(("ept_misconfig", gpa))
             q = ept_qual(ept, kind, w[2], gla_valid=True, final=final, info=info, nmi=acc.nmi, as_write=as_write,
-                         leaf=None)
+                         leaf=None, ss=acc.ss, asynchronous=acc.asynchronous)
             raise Stop(("ept_violation", q, gpa, gla))
         eff = "write" if as_write else kind
-        if not ept_ok(ept, w[3], eff, bool(info[0])):
+        if final and acc.ss and not acc.user and bit(ept.eptp, 7):
+            # supervisor shadow-stack access under EPTP bit 7: R everywhere, W above the leaf, SSS in the leaf
+            upper = [mem.read(a, 8) for a in w[5][:-1]]
+            ok = all(e & 3 == 3 for e in upper) and bool(w[4] & 1) and bool(bit(w[4], 60))
+        elif paging and as_write:
+            ok = paging_write_ok(w[3], w[4])
+        else:
+            ok = ept_ok(ept, w[3], eff, bool(info[0]))
+        if not ok:
             q = ept_qual(ept, kind, w[3], gla_valid=True, final=final, info=info, nmi=acc.nmi, as_write=as_write,
-                             leaf=w[4])
+                         leaf=w[4], ss=acc.ss, asynchronous=acc.asynchronous)
+            raise Stop(("ept_violation", q, gpa, gla))
+        if final and ept.gpv and bit(w[4], 57) and not all(bit(t, 58) for t in table_leaves):
+            q = ept_qual(ept, kind, w[3], gla_valid=True, final=True, info=info, nmi=acc.nmi, as_write=False,
+                         leaf=w[4], ss=acc.ss, asynchronous=acc.asynchronous, gpv=True)
             raise Stop(("ept_violation", q, gpa, gla))
         ept_ad(ept, mem, w, eff == "write")
         hpa_of[gpa] = w
+        if paging:
+            table_leaves.append(w[4])
         return w[1]
 
     try:
         if not bit(g.cr0, 31):
             hpa = gpa_access(gla, acc.kind, True, (1, 1, 0), False)
             size = 4096 if ept is None else min(4096, hpa_of[gla][2])
-            return ("ok", gla, hpa, size), refs, mem
+            mt = None if ept is None else memory_type(g, hpa_of[gla][4], None, True)
+            return ("ok", gla, hpa, size, mt), refs, mem
         mode, _ = guest_levels(g)
         size8 = mode != "32bit"
         if mode == "pae" and g.pdptes is None and ept is None:
             g = Guest(g.cr0, g.cr3, g.cr4, g.efer, g.rflags, g.pkru,
-                      tuple(mem.read((g.cr3 & 0xFFFFFFE0) + 8 * i, 8) for i in range(4)))
+                      tuple(mem.read((g.cr3 & 0xFFFFFFE0) + 8 * i, 8) for i in range(4)), g.pat)
 
         def read_entry(gpa: int, depth: int, name: str) -> int:
             hpa = gpa_access(gpa, "read", False, (0, 0, 0), True)
@@ -395,14 +486,15 @@ def translate(g: Guest, maxphy: int, gb: bool, ept: EptCfg | None, mem: Mem, gla
                 continue
             if ept is not None:
                 ew = hpa_of[egpa]
-                if not ew[3] & 2:
+                if not paging_write_ok(ew[3], ew[4]):
                     q = ept_qual(ept, "write", ew[3], gla_valid=True, final=False, info=(0, 0, 0), nmi=acc.nmi,
-                                 as_write=False, leaf=ew[4])
+                                 as_write=False, leaf=ew[4], asynchronous=acc.asynchronous)
                     raise Stop(("ept_violation", q, egpa, gla))
                 ehpa = ew[1]
             else:
                 ehpa = egpa
             mem.set_bits(ehpa, 8 if size8 else 4, want)
-        return ("ok", gpa, hpa, size), refs, mem
+        mt = None if ept is None else memory_type(g, hpa_of[gpa][4], w[6], w[9])
+        return ("ok", gpa, hpa, size, mt), refs, mem
     except Stop as s:
         return s.result, refs, mem

@@ -25,11 +25,13 @@ FEATURES = PagingFeatures(46, True)
 
 def run(*, data_leaf: int = 7 | WB, table_leaf: int = 7 | WB, guest_leaf: int = pb.GUEST_FLAGS,
         kind: AccessKind = AccessKind.READ, user: bool = False, nmi: bool = False, ad: bool = False,
-        mbec: bool = False, sss: bool = False, state: PagingState = STATE, **cap: bool) -> Outcome:
+        mbec: bool = False, sss: bool = False, state: PagingState = STATE, ss: bool = False,
+        asynchronous: bool = False, upper_ept: int = 7, tertiary: int = 0, **cap: bool) -> Outcome:
     mem = pb.guest_4level(PhysicalMemory(), through_ept=True, leaf=guest_leaf)
-    mem = pb.full_ept(mem, leaf=table_leaf, data_leaf=data_leaf, upper=7 | (UX if mbec else 0))
-    e = pb.ept(ad=ad, mbec=mbec, sss=sss, c=pb.caps(**cap))
-    return walk2d.translate(state, FEATURES, mem, pb.LA, Access(kind, user=user, nmi_unblocking=nmi), ept=e)
+    mem = pb.full_ept(mem, leaf=table_leaf, data_leaf=data_leaf, upper=upper_ept | (UX if mbec else 0))
+    e = pb.ept(ad=ad, mbec=mbec, sss=sss, c=pb.caps(**cap), tertiary=tertiary)
+    access = Access(kind, user=user, nmi_unblocking=nmi, shadow_stack=ss, asynchronous=asynchronous)
+    return walk2d.translate(state, FEATURES, mem, pb.LA, access, ept=e)
 
 
 def qual(out: Outcome) -> int:
@@ -164,10 +166,17 @@ QUAL_CASES: dict[str, tuple[Callable[[], Outcome], Callable[[], Outcome]]] = {
     "nmi_unblocking": (lambda: run(data_leaf=4 | WB, nmi=True), lambda: run(data_leaf=4 | WB)),
     "supervisor_shadow_stack": (lambda: run(data_leaf=4 | WB | (1 << 60), sss=True),
                                 lambda: run(data_leaf=4 | WB, sss=True)),
+    "shadow_stack": (lambda: run(data_leaf=5 | WB, kind=AccessKind.WRITE, ss=True, guest_leaf=SS_PAGE),
+                     lambda: run(data_leaf=5 | WB, kind=AccessKind.WRITE)),
+    "asynchronous": (lambda: run(data_leaf=4 | WB, asynchronous=True), lambda: run(data_leaf=4 | WB)),
+    "guest_paging_verification": (lambda: run(data_leaf=7 | WB | VGP, tertiary=pb.GUEST_PAGING_VERIFICATION),
+                                  lambda: run(data_leaf=4 | WB | VGP, tertiary=pb.GUEST_PAGING_VERIFICATION)),
 }
-NOT_MODELLED = {"shadow_stack", "guest_paging_verification", "asynchronous"}
-"""vtx models no shadow-stack accesses, guest-paging verification or asynchronous accesses, so
-it never sets these bits (tested below)."""
+VGP, PW = 1 << 57, 1 << 58
+SS_PAGE = 0x61
+"""A supervisor shadow-stack page: P, A, D with R/W = 0 and U/S = 0 (SDM Vol. 3A §5.6.1)."""
+NOT_MODELLED: set[str] = set()
+"""Qualification bits vtx never sets (none)."""
 
 
 @pytest.mark.parametrize("name", sorted(QUAL_CASES))
@@ -256,3 +265,72 @@ def test_translate_gpa_without_linear_address() -> None:
 def test_gpa_beyond_a_4_level_walk_is_a_violation() -> None:
     out = translate_gpa(pb.ept(), pb.full_ept(PhysicalMemory()), 1 << 48, AccessKind.READ)
     assert isinstance(out, EptViolation) and out.references == ()
+
+
+# ------------------------------------------------------------------ shadow-stack accesses and EPT
+
+
+def test_supervisor_shadow_stack_control_lets_shadow_stack_writes_through_a_read_only_sss_page() -> None:
+    sss_page = 1 | WB | (1 << 60)  # readable, not writable, supervisor shadow stack
+    assert isinstance(run(data_leaf=sss_page, kind=AccessKind.WRITE, ss=True, guest_leaf=SS_PAGE, sss=True),
+                      Translated)
+    # without EPTP bit 7 a shadow-stack write is a data write: the page is not writable
+    q = qual(run(data_leaf=sss_page, kind=AccessKind.WRITE, ss=True, guest_leaf=SS_PAGE))
+    assert q & EPT_VIOLATION_QUALIFICATION["shadow_stack"].mask and q & EPT_VIOLATION_QUALIFICATION["write"].mask
+    # without bit 60 in the entry that maps the page
+    q = qual(run(data_leaf=3 | WB, kind=AccessKind.WRITE, ss=True, guest_leaf=SS_PAGE, sss=True))
+    assert not q & EPT_VIOLATION_QUALIFICATION["supervisor_shadow_stack"].mask
+    # an EPT entry above the one that maps the page must allow writes
+    assert isinstance(run(data_leaf=sss_page, kind=AccessKind.WRITE, ss=True, guest_leaf=SS_PAGE, sss=True,
+                          upper_ept=5), EptViolation)
+    # a data write to the same page is not let through
+    assert isinstance(run(data_leaf=sss_page, kind=AccessKind.WRITE, guest_leaf=pb.GUEST_FLAGS, sss=True),
+                      EptViolation)
+
+
+def test_user_shadow_stack_accesses_follow_the_data_rules_under_sss() -> None:
+    user_ss_page = SS_PAGE | 4
+    sss_page = 1 | WB | (1 << 60)
+    assert isinstance(run(data_leaf=sss_page, kind=AccessKind.WRITE, ss=True, user=True, guest_leaf=user_ss_page,
+                          sss=True), EptViolation)
+    assert isinstance(run(data_leaf=3 | WB, kind=AccessKind.WRITE, ss=True, user=True, guest_leaf=user_ss_page,
+                          sss=True), Translated)
+
+
+def test_shadow_stack_bit_is_for_the_access_not_the_guest_walk() -> None:
+    # the guest PT page is not readable: the violation is on a paging-structure read
+    q = qual(run(table_leaf=4 | WB, kind=AccessKind.WRITE, ss=True, guest_leaf=SS_PAGE))
+    assert not q & EPT_VIOLATION_QUALIFICATION["shadow_stack"].mask
+    assert not q & EPT_VIOLATION_QUALIFICATION["final_translation"].mask
+
+
+def test_asynchronous_bit_also_for_guest_paging_structure_accesses() -> None:
+    q = qual(run(table_leaf=4 | WB, asynchronous=True))
+    assert q & EPT_VIOLATION_QUALIFICATION["asynchronous"].mask
+    out = translate_gpa(pb.ept(), pb.full_ept(PhysicalMemory(), data_leaf=4 | WB), pb.DATA_GPA, AccessKind.READ,
+                        asynchronous=True)
+    assert qual(out) & EPT_VIOLATION_QUALIFICATION["asynchronous"].mask
+
+
+# ------------------------------------------------------------------ EPT paging-write control, guest-paging verification
+
+
+def test_guest_paging_verification_needs_paging_write_access_on_every_guest_table_page() -> None:
+    gpv = pb.GUEST_PAGING_VERIFICATION
+    out = run(data_leaf=7 | WB | VGP, tertiary=gpv)
+    q = qual(out)
+    assert q & EPT_VIOLATION_QUALIFICATION["final_translation"].mask and q & EPT_VIOLATION_QUALIFICATION["read"].mask
+    assert isinstance(out, EptViolation) and out.gpa == pb.DATA_GPA + (pb.LA & 0xFFF)
+    assert isinstance(run(data_leaf=7 | WB | VGP, table_leaf=7 | WB | PW, tertiary=gpv), Translated)
+    assert isinstance(run(data_leaf=7 | WB | VGP), Translated)  # the control is 0: bit 57 is ignored
+    assert isinstance(run(data_leaf=7 | WB, tertiary=gpv), Translated)  # the page does not ask for verification
+
+
+def test_paging_write_control_lets_guest_ad_updates_through_read_only_tables() -> None:
+    # the guest PTE has A = 0: setting it writes a guest table whose EPT page is read-only
+    assert isinstance(run(table_leaf=1 | WB | PW, guest_leaf=0x7), EptViolation)
+    assert isinstance(run(table_leaf=1 | WB | PW, guest_leaf=0x7, tertiary=pb.PAGING_WRITE), Translated)
+    assert isinstance(run(table_leaf=1 | WB, guest_leaf=0x7, tertiary=pb.PAGING_WRITE), EptViolation)
+    # with EPT A/D flags every guest paging-structure access is a write: PW lets it through too
+    assert isinstance(run(table_leaf=1 | WB | PW, ad=True, tertiary=pb.PAGING_WRITE), Translated)
+    assert isinstance(run(table_leaf=1 | WB | PW, ad=True), EptViolation)

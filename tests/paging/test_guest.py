@@ -180,3 +180,90 @@ def test_paging_disabled_is_identity() -> None:
     assert isinstance(out, Translated) and out.hpa == 0xDEAD_BEEF and out.references == ()
     with pytest.raises(InputError, match="32 bits"):
         go(PhysicalMemory(), cr0=0x11, cr4=0, efer=0, la=1 << 32)
+
+
+# ------------------------------------------------------------------ shadow-stack accesses
+
+SS_PTE = 0x61  # P A D, R/W = 0, U/S = 0: a supervisor shadow-stack page
+CET = 1 << 23
+
+
+def ss(mem: PhysicalMemory, kind: str = "read", *, user: bool = False) -> Outcome:
+    st = PagingState(cr0=CR0 | WP, cr3=PML4, cr4=0x20 | CET, efer=0x500)
+    return guest.translate(st, F, mem, LA, Access(AccessKind(kind), user=user, shadow_stack=True))
+
+
+def test_shadow_stack_access_needs_a_shadow_stack_page() -> None:
+    assert isinstance(ss(four_level(pte=SS_PTE), "write"), Translated)
+    assert isinstance(ss(four_level(pte=SS_PTE)), Translated)
+    for pte in (SS_PTE | 2, SS_PTE & ~0x40):  # writable, or not dirty: not a shadow-stack page
+        assert pf(ss(four_level(pte=pte), "write")) == PF["present"] | PF["write"] | PF["shadow_stack"]
+    # R/W = 0 above the entry that maps the page
+    assert pf(ss(four_level(pte=SS_PTE, upper=0x25))) == PF["present"] | PF["shadow_stack"]
+
+
+def test_shadow_stack_privilege_must_match_the_page() -> None:
+    user_page = SS_PTE | 4
+    assert isinstance(ss(four_level(pte=user_page), user=True), Translated)
+    assert pf(ss(four_level(pte=SS_PTE), user=True)) == PF["present"] | PF["user"] | PF["shadow_stack"]
+    assert pf(ss(four_level(pte=user_page))) == PF["present"] | PF["shadow_stack"]
+
+
+def test_data_write_to_a_shadow_stack_page_faults_without_the_ss_flag() -> None:
+    st = PagingState(cr0=CR0 | WP, cr3=PML4, cr4=0x20 | CET, efer=0x500)
+    out = guest.translate(st, F, four_level(pte=SS_PTE), LA, Access(AccessKind.WRITE))
+    assert pf(out) == PF["present"] | PF["write"]
+
+
+def test_shadow_stack_fetch_is_bad_input() -> None:
+    with pytest.raises(InputError, match="shadow_stack"):
+        Access(AccessKind.FETCH, shadow_stack=True)
+
+
+# ------------------------------------------------------------------ accesses that cross a page
+
+
+def two_pages(second: int | None = 0xA027) -> PhysicalMemory:
+    mem = four_level()
+    return mem if second is None else mem.write_int(HostPhysAddr(PT + 16), 8, second)
+
+
+def test_access_crossing_a_page_translates_both_pages_in_order() -> None:
+    out = go_sized(two_pages(), LA | 0xFFC, 8)
+    assert isinstance(out, Translated) and out.hpa == 0x9FFC and out.second is not None
+    assert out.second.gla == (LA | 0xFFF) + 1 and out.second.hpa == 0xA000
+    assert [r.name for r in out.references] == ["PML4E", "PDPTE", "PDE", "PTE"] * 2
+    assert out.references[3].address == PT + 8 and out.references[7].address == PT + 16
+
+
+def test_fault_on_the_second_page_reports_its_address() -> None:
+    out = go_sized(two_pages(None), LA | 0xFFC, 8)
+    assert isinstance(out, PageFault) and out.address == (LA | 0xFFF) + 1 and len(out.references) == 8
+    # the first page's translation completed: its accessed flags are set in the memory returned
+    fresh = four_level(pte=0x07, upper=0x07)
+    out = go_sized(fresh, LA | 0xFFC, 8)
+    assert isinstance(out, PageFault) and out.memory.read_int(HostPhysAddr(PT + 8), 8) & 0x20
+
+
+def test_access_within_a_page_is_not_split() -> None:
+    out = go_sized(two_pages(), (LA & ~0xFFF) | 0xFF8, 8)
+    assert isinstance(out, Translated) and out.second is None and len(out.references) == 4
+
+
+def test_crossing_into_a_non_canonical_address_is_general_protection_before_any_walk() -> None:
+    out = go_sized(two_pages(), (1 << 47) - 4, 8)
+    assert isinstance(out, GeneralProtection) and out.references == ()
+
+
+def test_32bit_linear_addresses_wrap_at_4_gib() -> None:
+    m = PhysicalMemory().write_int(HostPhysAddr(PML4 + 4 * 1023), 4, 0xFFC0_0000 | 0x87)
+    m = m.write_int(HostPhysAddr(PML4), 4, 0x0040_0000 | 0x87)
+    st = PagingState(cr0=CR0, cr3=PML4, cr4=1 << 4, efer=0)
+    out = guest.translate(st, F, m, 0xFFFF_FFFE, Access(AccessKind.READ, size=4))
+    assert isinstance(out, Translated) and out.second is not None
+    assert out.second.gla == 0 and out.second.hpa == 0x40_0000
+
+
+def go_sized(mem: PhysicalMemory, la: int, size: int) -> Outcome:
+    st = PagingState(cr0=CR0, cr3=PML4, cr4=0x20, efer=0x500)
+    return guest.translate(st, F, mem, la, Access(AccessKind.READ, size=size))

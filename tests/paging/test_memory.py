@@ -56,3 +56,14 @@ def test_bad_values_and_pages_are_rejected() -> None:
 def test_from_writes_later_writes_win() -> None:
     m = PhysicalMemory.from_writes([(HostPhysAddr(0), b"\x01\x02"), (HostPhysAddr(1), b"\x03")])
     assert m.read(HostPhysAddr(0), 2) == b"\x01\x03"
+
+
+@given(st.dictionaries(st.integers(0, 7), st.binary(min_size=4096, max_size=4096), max_size=3),
+       st.integers(0, 8 * 4096 - 8), st.sampled_from([4, 8]))
+def test_entry_views_read_what_read_int_reads(pages: dict[int, bytes], address: int, size: int) -> None:
+    memory = PhysicalMemory.from_pages(pages)
+    aligned = address & ~(size - 1)
+    assert memory.read_entry(aligned, size) == memory.read_int(HostPhysAddr(aligned), size)
+    assert memory.entry_views(size)[aligned >> 12][(aligned & 0xFFF) // size] == memory.read_int(
+        HostPhysAddr(aligned), size)
+    assert memory.read_entry(address, size) == memory.read_int(HostPhysAddr(address), size)  # unaligned too

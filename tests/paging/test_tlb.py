@@ -86,7 +86,8 @@ def test_tlb_with_ept_agrees_after_invept_and_stays_permitted_without(sc: ps.Sce
     tags = Tags(vpid=1, ep4ta=ept.ep4ta)
     first, t = tlb.access(Tlb(), tags, mem, sc.gla, acc, state=state, features=f, ept=ept)
     mem = first.memory
-    change = _mutate(data.draw, first, data.draw(st.sampled_from([Space.EPT, Space.GUEST])))
+    space = data.draw(st.sampled_from([Space.EPT, Space.GUEST]))
+    change = _mutate(data.draw, first, space)
     if change is not None:
         size = 4 if guest.paging_mode(state) is guest.GUEST.modes["32bit"] else 8
         mem = mem.write_int(HostPhysAddr(change[0]), size, change[1] & ((1 << (8 * size)) - 1))
@@ -98,7 +99,9 @@ def test_tlb_with_ept_agrees_after_invept_and_stays_permitted_without(sc: ps.Sce
          "none": lambda: t}[op]()
     got, _ = tlb.access(t, tags, mem, sc.gla, acc, state=state, features=f, ept=ept)
     assert tlb.outcome_key(got) in tlb.permitted(t, tags, mem, sc.gla, acc, state=state, features=f, ept=ept)
-    if op in ("invept_single", "invept_global", "invvpid_single"):
+    # INVEPT covers every mapping; INVVPID leaves guest-physical mappings, so it suffices only for
+    # a change to the guest's tables (SDM Vol. 3C §30.4.3.1)
+    if op in ("invept_single", "invept_global") or (op == "invvpid_single" and space is Space.GUEST):
         assert tlb.outcome_key(got) == tlb.outcome_key(fresh(state, f, mem, sc.gla, acc, ept=ept))
 
 
@@ -249,3 +252,107 @@ def test_write_through_a_clean_cached_translation_walks_to_set_dirty() -> None:
     t = cached(tags, mem)
     out, _ = tlb.access(t, tags, mem, pb.LA, Access(AccessKind.WRITE), state=STATE, features=F)
     assert isinstance(out, Translated) and out.references and out.memory.read_int(HostPhysAddr(PTE), 8) & 0x40
+
+
+# ------------------------------------------------------------------ the TLB-hit path
+
+
+@given(st.lists(ps.scenarios(with_ept=False), min_size=1, max_size=4), st.data())
+def test_hit_equals_the_linear_search(scs: list[ps.Scenario], data: st.DataObject) -> None:
+    t = Tlb()
+    all_tags = [Tags(vpid=v, pcid=p) for v in (0, 1) for p in (0, 1)]
+    for sc in scs:
+        state, f, mem, acc, _ = ps.vtx_inputs(sc)
+        _, t = tlb.access(t, data.draw(st.sampled_from(all_tags)), mem, sc.gla, acc, state=state, features=f)
+    sc = data.draw(st.sampled_from(scs))
+    state, f, _, _, _ = ps.vtx_inputs(sc)
+    acc = Access(AccessKind(data.draw(st.sampled_from(ps.KINDS))), user=data.draw(st.booleans()))
+    tags = data.draw(st.sampled_from(all_tags))
+    mode = guest.paging_mode(state)
+    keys = mode is not None and mode.protection_keys
+
+    def allows(entry: tlb.CachedTranslation) -> bool:
+        return tlb.entry_allows(state, keys, entry, acc, None)
+
+    linear = next((c for c in tlb.lookup(t, tags, sc.gla) if allows(c)), None)
+    assert tlb.hit(t, tags, sc.gla, allows) == linear
+
+
+def test_hit_prefers_the_current_pcid_and_needs_global_for_another() -> None:
+    mem = world()
+    t = cached(Tags(pcid=1), mem)
+    t = Tlb(t.translations | cached(Tags(pcid=2), remap(mem)).translations)
+    assert tlb.hit(t, Tags(pcid=2), pb.LA, lambda entry: True).hpa == 0x7000  # type: ignore[union-attr]
+    assert tlb.hit(t, Tags(pcid=1), pb.LA, lambda entry: True).hpa == 0x5000  # type: ignore[union-attr]
+    assert tlb.hit(t, Tags(pcid=3), pb.LA, lambda entry: True) is None  # neither is global
+    assert tlb.hit(t, Tags(pcid=1), pb.LA, lambda entry: False) is None
+
+
+# ------------------------------------------------------------------ guest-physical mappings
+
+
+def _ept_world() -> tuple[PhysicalMemory, PagingState, Tags, Ept]:
+    mem = pb.full_ept(pb.guest_4level(PhysicalMemory(), through_ept=True))
+    state = PagingState(cr0=0x80000011, cr3=pb.G_PML4, cr4=0x20, efer=0xD00)
+    e = pb.ept()
+    return mem, state, Tags(vpid=1, ep4ta=e.ep4ta), e
+
+
+DATA_EPT_PTE = pb.EPT_ROOT + 0x3000 + (pb.DATA_GPA >> 12) * 8
+
+
+def test_guest_physical_mappings_survive_invvpid_and_are_used_until_invept() -> None:
+    mem, state, tags, e = _ept_world()
+    _, t = tlb.access(Tlb(), tags, mem, pb.LA, READ, state=state, features=F, ept=e)
+    assert tlb.usable_guest_physical(t, tags, pb.DATA_GPA) and tlb.usable_guest_physical(t, tags, pb.G_PT)
+    moved = mem.write_int(HostPhysAddr(DATA_EPT_PTE), 8, 0x7777000 | 7 | (6 << 3))  # EPT now maps elsewhere
+    t = tlb.invvpid(t, InvvpidType.SINGLE_CONTEXT, 1)  # combined mappings gone, guest-physical ones stay
+    out, _ = tlb.access(t, tags, moved, pb.LA, READ, state=state, features=F, ept=e)
+    stale = pb.DATA_GPA + pb.HOST_OFFSET + 0x234
+    assert hpa(out) == stale and not [r for r in out.references if r.space is Space.EPT]
+    allowed = tlb.permitted(t, tags, moved, pb.LA, READ, state=state, features=F, ept=e)
+    assert ("ok", 0x5234, stale) in allowed and ("ok", 0x5234, 0x7777234) in allowed
+    t = tlb.invept(t, InveptType.SINGLE_CONTEXT, e.ep4ta)
+    out, _ = tlb.access(t, tags, moved, pb.LA, READ, state=state, features=F, ept=e)
+    assert hpa(out) == 0x7777234
+    assert tlb.permitted(t, tags, moved, pb.LA, READ, state=state, features=F, ept=e) == {("ok", 0x5234, 0x7777234)}
+
+
+def test_guest_physical_mappings_of_another_ep4ta_are_not_used() -> None:
+    mem, state, tags, e = _ept_world()
+    _, t = tlb.access(Tlb(), tags, mem, pb.LA, READ, state=state, features=F, ept=e)
+    other = Tags(vpid=1, ep4ta=e.ep4ta + 0x10_0000)
+    assert not tlb.usable_guest_physical(t, other, pb.DATA_GPA)
+
+
+def test_no_cached_guest_physical_mapping_is_used_with_ept_accessed_dirty_flags() -> None:
+    mem, state, tags, _ = _ept_world()
+    e = pb.ept(ad=True)
+    _, t = tlb.access(Tlb(), tags, mem, pb.LA, READ, state=state, features=F, ept=e)
+    t = tlb.invvpid(t, InvvpidType.SINGLE_CONTEXT, 1)
+    out, _ = tlb.access(t, tags, mem, pb.LA, READ, state=state, features=F, ept=e)
+    assert len(out.references) == 24
+
+
+def test_a_combined_mapping_carries_its_ept_permissions() -> None:
+    # EPT maps the data page read-only: a read caches the combined mapping, a later write may not use it
+    mem = pb.full_ept(pb.guest_4level(PhysicalMemory(), through_ept=True, leaf=pb.GUEST_FLAGS | 0x40),
+                      data_leaf=1 | (6 << 3))
+    state = PagingState(cr0=0x80000011, cr3=pb.G_PML4, cr4=0x20, efer=0xD00)
+    e = pb.ept()
+    tags = Tags(vpid=1, ep4ta=e.ep4ta)
+    _, t = tlb.access(Tlb(), tags, mem, pb.LA, READ, state=state, features=F, ept=e)
+    (entry,) = tlb.lookup(t, tags, pb.LA)
+    write = Access(AccessKind.WRITE)
+    assert entry.ept_permissions is not None and tlb.entry_allows(state, True, entry, READ, e)
+    assert not tlb.entry_allows(state, True, entry, write, e)
+    out, _ = tlb.access(t, tags, mem, pb.LA, write, state=state, features=F, ept=e)
+    assert not isinstance(out, Translated) and out.references  # walked: an EPT violation
+    assert tlb.outcome_key(out) in tlb.permitted(t, tags, mem, pb.LA, write, state=state, features=F, ept=e)
+    # with EPT A/D flags a write needs the EPT dirty flag: a read left it clear, so the write walks
+    ad = pb.ept(ad=True)
+    writable = pb.full_ept(pb.guest_4level(PhysicalMemory(), through_ept=True, leaf=pb.GUEST_FLAGS | 0x40))
+    _, t = tlb.access(Tlb(), tags, writable, pb.LA, READ, state=state, features=F, ept=ad)
+    (entry,) = tlb.lookup(t, tags, pb.LA)
+    assert not entry.ept_dirty and not tlb.entry_allows(state, True, entry, write, ad)
+    assert tlb.entry_allows(state, True, entry, write, e)  # A/D disabled: nothing to set

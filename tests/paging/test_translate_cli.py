@@ -33,7 +33,8 @@ def test_example_is_an_ept_violation_with_24_references(capsys: pytest.CaptureFi
     assert out["outcome"] == "ept_violation" and out["exit_reason"] == 48
     assert out["qualification"] == "0x7aa" and out["gpa"] == "0x5234" and out["gla"] == "0x1234"
     assert len(out["references"]) == 24 and out["error_code"] is None and out["exit_info_1"] is None
-    assert out["references"][4] == {"space": "guest", "level": 4, "address": "0x1000", "value": "0x2027"}
+    assert out["references"][4] == {"space": "guest", "level": 4, "address": "0x1000", "value": "0x2027",
+                                    "memory_type": "WB"}
 
 
 def test_read_succeeds_with_exit_0_and_human_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -103,6 +104,10 @@ def test_bytes_memory_items(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     ({"fields": {"SECONDARY_VM_EXEC_CONTROL": "0x400000"}, "profile": "skylake_client"},
      "fields.SECONDARY_VM_EXEC_CONTROL"),
     ({"ncr3": 0}, "ncr3"),
+    ({"guest": {"cr0": "0x80000011", "pat": "0x2"}}, "guest.pat"),
+    ({"access": {"address": 1, "kind": "fetch", "shadow_stack": True}}, "access.shadow_stack"),
+    ({"access": {"address": 1, "asynchronous": 1}}, "access.asynchronous"),
+    ({"access": {"address": 1, "size": 0}}, "access.size"),
     ({"bogus": 1}, "bogus"),
     ({"profile": "nope"}, "profile"),
 ])
@@ -127,3 +132,53 @@ def test_installed_command_runs_on_a_file() -> None:
     proc = subprocess.run([sys.executable, "-c", "import sys; from vtx.cli import main; sys.exit(main())",
                            "translate", str(EXAMPLE), "--json"], capture_output=True, text=True, check=False)
     assert proc.returncode == 1 and json.loads(proc.stdout)["outcome"] == "ept_violation"
+
+
+def test_memory_types_in_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = doc(access={"address": "0x1234", "kind": "read"})
+    d["guest"]["pat"] = "0x0007040600070404"  # PAT0 = WT
+    assert run(tmp_path, d, "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["memory_type"], out["ept_memory_type"], out["pat_memory_type"], out["ignore_pat"]) == \
+        ("WT", "WB", "WT", False)
+    assert {r["memory_type"] for r in out["references"] if r["space"] == "ept"} == {"WB"}
+    del d["eptp"]
+    assert run(tmp_path, d, "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["memory_type"] is None and {r["memory_type"] for r in out["references"]} == {None}
+
+
+def test_access_crossing_a_page_reports_the_second_part(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = doc(access={"address": "0x1ffc", "kind": "read", "size": 8})
+    assert run(tmp_path, d, "--json") == 1  # the next page (PTE 2) is not mapped
+    out = json.loads(capsys.readouterr().out)
+    assert out["outcome"] == "page_fault" and out["gla"] == "0x2000" and len(out["references"]) == 24 + 20
+    d["memory"].append({"address": "0x4010", "size": 8, "value": "0x6067"})
+    d["memory"].append({"address": "0x103030", "size": 8, "value": "0xa037"})
+    assert run(tmp_path, d, "--json") == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["second"] == {"gla": "0x2000", "gpa": "0x6000", "hpa": "0xa000", "memory_type": "WB"}
+    assert len(out["references"]) == 48
+
+
+def test_shadow_stack_and_asynchronous_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = doc(access={"address": "0x1234", "kind": "write", "asynchronous": True})
+    assert run(tmp_path, d, "--json") == 1
+    assert int(json.loads(capsys.readouterr().out)["qualification"], 16) & (1 << 16)
+    d = doc(access={"address": "0x1234", "kind": "write", "shadow_stack": True})
+    assert run(tmp_path, d, "--json") == 1  # the guest PTE is writable: not a shadow-stack page
+    out = json.loads(capsys.readouterr().out)
+    assert out["outcome"] == "page_fault" and int(out["error_code"], 16) & (1 << 6)
+
+
+def test_tertiary_controls_reach_the_walk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    d = doc(access={"address": "0x1234", "kind": "read"})
+    d["memory"].append({"address": "0x103028", "size": 8, "value": hex(0x9035 | (1 << 57))})  # verify guest paging
+    assert run(tmp_path, d, "--json") == 0  # the control is 0: bit 57 is ignored
+    capsys.readouterr()
+    d["fields"] = {"TERTIARY_VM_EXEC_CONTROL": "0x8"}  # guest-paging verification
+    assert run(tmp_path, d, "--json") == 1
+    assert int(json.loads(capsys.readouterr().out)["qualification"], 16) & (1 << 15)
+    d["profile"] = "skylake_client"
+    assert run(tmp_path, d) == 2
+    assert "fields.TERTIARY_VM_EXEC_CONTROL" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import paging_builders as pb
 import paging_strategies as ps
 from hypothesis import given
 
-from vtx.paging import walk2d
+from vtx.paging import guest, walk2d
 from vtx.paging.ept import ept_from_eptp
 from vtx.paging.guest import Access, AccessKind, PagingFeatures, PagingState
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
@@ -93,3 +93,51 @@ def test_ept_a_d_flags_are_set_in_the_memory_returned() -> None:
     ept_refs = [r for r in out.references if r.space is Space.EPT]
     assert all(out.memory.read_int(HostPhysAddr(r.host_address), 8) & (1 << 8) for r in ept_refs)
     assert ept_from_eptp(pb.eptp(ad=True), load_preset("max")).accessed_dirty
+
+
+# ------------------------------------------------------------------ the fast path
+
+
+def _fast_and_readable(sc: ps.Scenario, memory: PhysicalMemory | None = None) -> tuple[object, object]:
+    state, f, mem, acc, ept = ps.vtx_inputs(sc)
+    assert ept is not None
+    mem = mem if memory is None else memory
+    compiled = guest.compile_for(state, f)
+    if compiled is None or guest.linear_address_fault(state, sc.gla):
+        return None, None
+    return (walk2d.translate_fast(state, compiled, mem, sc.gla, acc, ept=ept),
+            walk2d.translate_readable(state, f, mem, sc.gla, acc, ept=ept))
+
+
+@given(ps.scenarios(with_ept=True))
+def test_fast_path_equals_the_readable_walk_wherever_it_answers(sc: ps.Scenario) -> None:
+    fast, readable = _fast_and_readable(sc)
+    assert fast is None or fast == readable
+    # again on the memory after the first access, whose A/D flags are now set: the fast path's case
+    if isinstance(readable, Translated):
+        fast, again = _fast_and_readable(sc, readable.memory)
+        assert fast is None or fast == again
+        state, _, _, acc, ept = ps.vtx_inputs(sc)
+        assert ept is not None
+        mode = guest.paging_mode(state)
+        readable_ept = all(r.value & 1 for r in again.references if r.space is Space.EPT)  # type: ignore[union-attr]
+        if not acc.shadow_stack and not guest.crosses_page(sc.gla, acc) and mode is not None and \
+                not mode.pdpte_registers and readable_ept and not ept.paging_write and \
+                not ept.guest_paging_verification:
+            assert fast is not None  # nothing left to set, no execute-only entry: the fast path answers
+
+
+def test_fast_path_answers_the_24_reference_walk_and_declines_what_it_does_not_model() -> None:
+    mem = pb.full_ept(pb.guest_4level(PhysicalMemory(), through_ept=True))
+    compiled = guest.compile_for(STATE, F)
+    assert compiled is not None
+    read = Access(AccessKind.READ)
+    fast = walk2d.translate_fast(STATE, compiled, mem, pb.LA, read, ept=pb.ept())
+    assert fast is not None and len(fast.references) == 24
+    assert fast == walk2d.translate_readable(STATE, F, mem, pb.LA, read, ept=pb.ept())
+    # a write must set the guest dirty flag (memory changes): the readable walk does it
+    assert walk2d.translate_fast(STATE, compiled, mem, pb.LA, Access(AccessKind.WRITE), ept=pb.ept()) is None
+    assert walk2d.translate_fast(STATE, compiled, mem, pb.LA, Access(AccessKind.READ, shadow_stack=True),
+                                 ept=pb.ept()) is None
+    assert walk2d.translate_fast(STATE, compiled, mem, pb.LA | 0xFFF, Access(AccessKind.READ, size=2),
+                                 ept=pb.ept()) is None

@@ -18,6 +18,7 @@ from vtx.bits import BitRange
 from vtx.citation import Citation
 from vtx.errors import SpecError
 from vtx.spec import REGISTERS, Catalogue, _bits, _Table
+from vtx.typecheck import checked
 
 LARGE_KINDS = ("leaf", "never", "always", "cr4.pse", "1gb_pages")
 """How a guest paging level may map a page (see spec/paging/guest.toml)."""
@@ -86,6 +87,23 @@ class PagingMode:
 
 
 @attrs.frozen
+class PatFormat:
+    """The IA32_PAT MSR and the memory-type combination table (spec/paging/guest.toml)."""
+
+    reset: int
+    entry_bits: int
+    type: BitRange
+    types: Mapping[int, str]
+    effective: Mapping[tuple[str, str], str]
+    citation: Citation
+
+    @checked
+    def entry(self, pat: int, index: int) -> str:
+        """The name of the memory type in PAT entry ``index`` of ``pat`` (KeyError: reserved)."""
+        return self.types[self.type.get(pat >> (self.entry_bits * index))]
+
+
+@attrs.frozen
 class GuestPagingFormats:
     """Everything spec/paging/guest.toml says."""
 
@@ -94,6 +112,7 @@ class GuestPagingFormats:
     entry: Catalogue[str, BitField]
     error_code: Catalogue[str, BitField]
     modes: Catalogue[str, PagingMode]
+    pat: PatFormat
 
     def register(self, register: str, name: str) -> BitField:
         return self.registers[(register, name)]
@@ -205,7 +224,27 @@ def _load_guest() -> GuestPagingFormats:
                                 m["execute_disable"], m["protection_keys"], m["pdpte_registers"], levels,
                                 t.cite("mode", m)))
     return GuestPagingFormats(t.data["page"]["offset_bits"], regs, _fields(t, "entry_bit"),
-                              _fields(t, "error_code_bit"), Catalogue(modes, lambda m: m.name, "paging mode"))
+                              _fields(t, "error_code_bit"), Catalogue(modes, lambda m: m.name, "paging mode"),
+                              _load_pat(t))
+
+
+def _load_pat(t: _Table) -> PatFormat:
+    pat = t.data["pat"]
+    where = f"{t.relpath} [pat]"
+    if pat.get("cite") not in t.citations:
+        raise SpecError(where, pat.get("cite"), "cite must name a [citations] key")
+    types = {r["value"]: r["name"] for r in t.rows("pat_type")}
+    effective: dict[tuple[str, str], str] = {}
+    for r in t.rows("effective_memory_type"):
+        key = (r["mtrr"], r["pat"])
+        if key in effective or r["pat"] not in types.values() or r["effective"] not in types.values():
+            raise SpecError(t.where("effective_memory_type", r), key, "a new (MTRR type, PAT type) of named types")
+        effective[key] = r["effective"]
+    mtrr_types = {m for m, _ in effective}
+    if len(effective) != len(mtrr_types) * len(types):
+        raise SpecError(f"{t.relpath} [[effective_memory_type]]", len(effective), "one row per (MTRR type, PAT type)")
+    return PatFormat(pat["reset"], pat["entry_bits"], _bits(pat["type"], where), types, effective,
+                     t.citations[pat["cite"]])
 
 
 def _load_ept() -> EptFormats:

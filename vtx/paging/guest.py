@@ -28,9 +28,10 @@ import attrs
 
 from vtx.bits import BitRange, is_canonical, mask
 from vtx.errors import InputError
-from vtx.paging.formats import GUEST, PAGE_OFFSET_BITS, LevelFormat, PagingMode
+from vtx.paging.formats import GUEST, PAGE_OFFSET_BITS, PAGE_SIZE, LevelFormat, PagingMode
 from vtx.paging.memory import GuestPhysAddr, HostPhysAddr, PhysicalMemory
 from vtx.paging.outcomes import GeneralProtection, Outcome, PageFault, Reference, Rights, Space, Translated
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 
 # ------------------------------------------------------------------ bits, from spec/paging/guest.toml
@@ -57,11 +58,12 @@ CR4_PCIDE, CR4_SMEP, CR4_SMAP, CR4_PKE = (_reg("cr4", n) for n in ("pcide", "sme
 EFER_LME, EFER_LMA, EFER_NXE = _reg("efer", "lme"), _reg("efer", "lma"), _reg("efer", "nxe")
 RFLAGS_AC = _reg("rflags", "ac")
 CR3_PCID = GUEST.register("cr3", "pcid").bits
-PF_P, PF_W, PF_U, PF_RSVD, PF_I, PF_PK = (_err(n) for n in ("present", "write", "user", "reserved", "fetch",
-                                                             "protection_key"))
+PF_P, PF_W, PF_U, PF_RSVD, PF_I, PF_PK, PF_SS = (_err(n) for n in ("present", "write", "user", "reserved", "fetch",
+                                                                    "protection_key", "shadow_stack"))
 _PDPTE_COUNT = 1 << GUEST.modes["pae"].levels[0].index.width
 _OFFSET_MASK = mask(PAGE_OFFSET_BITS)
 _PKRU_BITS_PER_KEY = 2
+_new_tuple = tuple.__new__
 
 
 class AccessKind(enum.Enum):
@@ -80,7 +82,12 @@ class Access:
     ``implicit`` an implicit supervisor-mode access (to the GDT, IDT, LDT or TSS), which SMAP
     checks whatever RFLAGS.AC says (SDM Vol. 3A §5.6.1 "Determination of Access Rights").
     ``nmi_unblocking`` says the access is by an IRET that unblocked NMIs (reported in an EPT
-    violation's exit qualification).
+    violation's exit qualification). ``shadow_stack`` marks a shadow-stack access of CET (a
+    read or a write; SDM Vol. 3A §5.6.1);
+    ``asynchronous`` one asynchronous to instruction execution and not part of event delivery,
+    such as Intel PT trace output (reported in bit 16 of an EPT violation's qualification).
+    ``size`` bytes from the address: an access that crosses a page boundary is translated as
+    two accesses, one per page, in address order.
     """
 
     kind: AccessKind
@@ -88,12 +95,16 @@ class Access:
     implicit: bool = False
     size: int = 1
     nmi_unblocking: bool = False
+    shadow_stack: bool = False
+    asynchronous: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.user and self.implicit:
             raise InputError("access", "user and implicit", "an implicit supervisor-mode access is not a user access")
         if self.size < 1:
             raise InputError("access.size", self.size, "an access is at least one byte")
+        if self.shadow_stack and (self.kind is AccessKind.FETCH or self.implicit):
+            raise InputError("access.shadow_stack", True, "a shadow-stack access is an explicit read or write")
 
     @property
     def is_write(self) -> bool:
@@ -116,6 +127,8 @@ class PagingState:
     rflags: int = 0x2
     pkru: int = 0
     pdptes: tuple[int, ...] | None = None
+    pat: int = GUEST.pat.reset
+    """IA32_PAT (default: its value after reset, SDM Vol. 3A §12.12.4 "Programming the PAT")."""
 
     @property
     def paging(self) -> bool:
@@ -140,6 +153,7 @@ class PagingFeatures:
     gb_pages: bool
 
     @classmethod
+    @checked
     def from_capabilities(cls, caps: Capabilities) -> PagingFeatures:
         """MAXPHYADDR and 1-GByte-page support of a capability profile (both required)."""
         return cls(caps.require_fact("MAXPHYADDR"), bool(caps.require_fact("CPUID_1GB_PAGES")))
@@ -186,6 +200,7 @@ def _above(rng: BitRange | None, maxphyaddr: int) -> int:
     return 0 if rng is None else rng.mask & ~mask(maxphyaddr)
 
 
+@checked
 def compile_level(fmt: LevelFormat, maxphyaddr: int, xd_reserved: int, maps_page: int, *, ps_reserved: bool,
                   rights: bool = True) -> Level:
     """The masks of one level: the fixed reserved bits, the address bits at or above
@@ -256,7 +271,8 @@ class GuestWalk:
 
     ``entries`` are the entries read from memory, root first, as (level, guest-physical address,
     value); the PDPTE registers of PAE paging are not among them. ``user`` / ``writable`` /
-    ``execute_disable`` combine every entry that controls the translation (§5.6.1).
+    ``execute_disable`` combine every entry that controls the translation (§5.6.1);
+    ``upper_writable`` is R/W of every one but the entry that maps the page.
     """
 
     gpa: int
@@ -267,6 +283,19 @@ class GuestWalk:
     leaf: int
     leaf_level: int
     entries: tuple[tuple[Level, int, int], ...]
+    upper_writable: bool = True
+
+    @property
+    def shadow_stack_page(self) -> bool:
+        """A shadow-stack page: R/W = 0 and D = 1 in the entry that maps it, R/W = 1 in every
+        other entry (SDM Vol. 3A §5.6.1 "Determination of Access Rights")."""
+        return self.upper_writable and not self.leaf & RW and bool(self.leaf & DIRTY)
+
+    @checked
+    def pat_memory_type(self, state: PagingState) -> str:
+        """The memory type of the IA32_PAT entry the entry that maps the page selects (PAT, PCD,
+        PWT; SDM Vol. 3A §12.12.3 "Selecting a Memory Type from the PAT")."""
+        return pat_memory_type(state.pat, pat_index(self.leaf, pat_bit=True, pte=self.leaf_level == 1))
 
     @property
     def protection_key(self) -> int:
@@ -276,6 +305,7 @@ class GuestWalk:
     def is_global(self) -> bool:
         return bool(self.leaf & GLOBAL)
 
+    @checked
     def rights(self, state: PagingState, access: Access) -> Rights:
         """The rights a TLB may cache after ``access``; G counts only with CR4.PGE = 1 (§5.10.2.4)."""
         return Rights(self.user, self.writable, self.execute_disable, self.protection_key,
@@ -324,8 +354,10 @@ def walk(compiled: CompiledMode, state: PagingState, gla: int, fetch: Fetch, *,
     entries: list[tuple[Level, int, int]] = []
     levels = compiled.levels
     pdptes = state.pdptes
+    upper_writable = True
     if start is not None:
         table, user, writable, xd = start.table, start.user, start.writable, start.execute_disable
+        upper_writable = writable
         levels = levels[start.level_index:]
     elif compiled.mode.pdpte_registers and pdptes is not None:
         first = levels[0]
@@ -353,48 +385,65 @@ def walk(compiled: CompiledMode, state: PagingState, gla: int, fetch: Fetch, *,
         if page:
             frame = (entry & lv.page_mask) | ((entry & lv.high_mask) << lv.high_shift)
             offset = gla & (lv.page_size - 1)
-            return GuestWalk(frame | offset, lv.page_size, user, writable, xd, entry, lv.depth, tuple(entries))
+            return GuestWalk(frame | offset, lv.page_size, user, writable, xd, entry, lv.depth, tuple(entries),
+                             upper_writable)
+        upper_writable = writable
         table = entry & lv.table_mask
     raise AssertionError("the last level of every mode maps a page")
 
 
 def access_allowed(state: PagingState, compiled: CompiledMode, w: GuestWalk, access: Access) -> tuple[bool, bool]:
     """Whether the access rights of ``w`` allow ``access``, and whether a protection key is
-    what forbids it (the PK flag).
+    what forbids it (the PK flag); see :func:`rights_allow`."""
+    return rights_allow(state, access, protection_keys=compiled.mode.protection_keys, user=w.user,
+                        writable=w.writable, execute_disable=w.execute_disable, key=w.protection_key,
+                        shadow_stack_page=w.shadow_stack_page)
+
+
+def rights_allow(state: PagingState, access: Access, *, protection_keys: bool, user: bool, writable: bool,
+                 execute_disable: bool, key: int, shadow_stack_page: bool = False) -> tuple[bool, bool]:
+    """Whether a translation with these rights (user-mode address, writable, execute-disable,
+    protection key) allows ``access``, and whether a protection key is what forbids it.
 
     SDM Vol. 3A §5.6.1 "Determination of Access Rights": a user-mode access needs a user-mode
     address (U/S = 1 in every entry), a write also R/W = 1 in every entry, a fetch XD = 0. A
     supervisor-mode access may read any address, except a user-mode one under CR4.SMAP unless
     it is explicit with RFLAGS.AC = 1; it may write where reads are allowed, honouring R/W only
     if CR0.WP = 1; it may fetch where XD = 0, but not from a user-mode address under CR4.SMEP.
-    §5.6.2 "Protection Keys": with 4-level or 5-level paging and CR4.PKE = 1, a data access to
-    a user-mode address with key i is forbidden if PKRU.ADi = 1, and a write if PKRU.WDi = 1 and
-    the access is user-mode or CR0.WP = 1.
+    §5.6.2 "Protection Keys": with 4-level or 5-level paging (``protection_keys``) and
+    CR4.PKE = 1, a data access to a user-mode address with key i is forbidden if PKRU.ADi = 1,
+    and a write if PKRU.WDi = 1 and the access is user-mode or CR0.WP = 1.
+    A shadow-stack access needs a shadow-stack page (``shadow_stack_page``) whose address is
+    user-mode for a user-mode access and supervisor-mode otherwise (§5.6.1). UNSURE: protection
+    keys govern shadow-stack accesses as they do data accesses (as Bochs has it).
     """
     wp = bool(state.cr0 & CR0_WP)
     if access.kind is AccessKind.FETCH:
-        if w.execute_disable:
+        if execute_disable:
             return False, False
-        return (w.user if access.user else not (w.user and state.cr4 & CR4_SMEP)), False
-    if access.user:
-        ok = w.user and (w.writable or not access.is_write)
+        return (user if access.user else not (user and state.cr4 & CR4_SMEP)), False
+    if access.shadow_stack:
+        ok = shadow_stack_page and user == access.user
+    elif access.user:
+        ok = user and (writable or not access.is_write)
     else:
-        smap_blocks = w.user and state.cr4 & CR4_SMAP and (access.implicit or not state.rflags & RFLAGS_AC)
-        ok = not smap_blocks and (w.writable or not access.is_write or not wp)
+        smap_blocks = user and state.cr4 & CR4_SMAP and (access.implicit or not state.rflags & RFLAGS_AC)
+        ok = not smap_blocks and (writable or not access.is_write or not wp)
     pk = False
-    if compiled.mode.protection_keys and state.cr4 & CR4_PKE and w.user:
-        rights = state.pkru >> (_PKRU_BITS_PER_KEY * w.protection_key)
+    if protection_keys and state.cr4 & CR4_PKE and user:
+        rights = state.pkru >> (_PKRU_BITS_PER_KEY * key)
         ad, wd = rights & 1, rights >> 1 & 1
         pk = bool(ad or (wd and access.is_write and (access.user or wp)))
     return ok and not pk, pk
 
 
+@checked
 def error_code(state: PagingState, access: Access, *, present: bool, reserved: bool = False,
                protection_key: bool = False) -> int:
     """The page-fault error code (SDM Vol. 3A §5.7 "Page-Fault Exceptions").
 
     I/D is set for an instruction fetch only if CR4.SMEP = 1, or CR4.PAE = 1 and
-    IA32_EFER.NXE = 1; PK only for a protection-key violation.
+    IA32_EFER.NXE = 1; PK only for a protection-key violation; SS for a shadow-stack access.
     """
     code = PF_P if present else 0
     if access.is_write:
@@ -407,9 +456,12 @@ def error_code(state: PagingState, access: Access, *, present: bool, reserved: b
         code |= PF_I
     if protection_key:
         code |= PF_PK
+    if access.shadow_stack:
+        code |= PF_SS
     return code
 
 
+@checked
 def accessed_dirty(w: GuestWalk, access: Access) -> list[tuple[int, int]]:
     """The (entry index in ``w.entries``, bits) the processor sets for an allowed access: the
     accessed flag in every entry used, the dirty flag in the entry that maps the page on a
@@ -423,6 +475,33 @@ def accessed_dirty(w: GuestWalk, access: Access) -> list[tuple[int, int]]:
         if entry & bits != bits:
             updates.append((i, bits))
     return updates
+
+
+# ------------------------------------------------------------------ memory typing
+
+_PWT, _PCD = GUEST.entry["pwt"], GUEST.entry["pcd"]
+_PAT_PTE, _PAT_LARGE = GUEST.entry["pat_pte"], GUEST.entry["pat_large"]
+
+
+def pat_index(entry: int, *, pat_bit: bool, pte: bool = True) -> int:
+    """The PAT entry an entry selects: PAT * 4 + PCD * 2 + PWT (SDM Vol. 3A §12.12.3 "Selecting
+    a Memory Type from the PAT", Table 12-11). The PAT bit is bit 7 of a PTE and bit 12 of a
+    PDE / PDPTE that maps a page; ``pat_bit`` False for a reference to a paging structure, which
+    uses PCD and PWT only (§5.9.2)."""
+    pat = entry >> (_PAT_PTE.lo if pte else _PAT_LARGE.lo) & 1 if pat_bit else 0
+    return pat << 2 | (entry >> _PCD.lo & 1) << 1 | entry >> _PWT.lo & 1
+
+
+@functools.cache
+def pat_memory_type(pat: int, index: int) -> str:
+    """The memory type of entry ``index`` of IA32_PAT value ``pat`` (SDM Vol. 3A §12.12.2
+    "IA32_PAT MSR"); a reserved encoding is bad input (WRMSR would have raised #GP)."""
+    try:
+        return GUEST.pat.entry(pat, index)
+    except KeyError:
+        raise InputError("guest.pat", hex(pat), f"PAT entry {index} holds a reserved memory type "
+                         f"(WRMSR would #GP; {GUEST.pat.citation})") from None
+
 
 
 # ------------------------------------------------------------------ addresses and PDPTEs
@@ -445,6 +524,7 @@ def linear_address_fault(state: PagingState, gla: int) -> bool:
     return False
 
 
+@checked
 def pdpte_problems(pdptes: tuple[int, ...], features: PagingFeatures) -> list[str]:
     """Reserved bits set in present PDPTEs (SDM Vol. 3A §5.4.1 "PDPTE Registers": loading such a
     PDPTE makes MOV to CR3 #GP and VM entry fail); [] if none."""
@@ -453,6 +533,7 @@ def pdpte_problems(pdptes: tuple[int, ...], features: PagingFeatures) -> list[st
             for i, v in enumerate(pdptes) if v & P and v & lv.rsvd_table]
 
 
+@checked
 def load_pdptes(state: PagingState, memory: PhysicalMemory) -> tuple[int, ...]:
     """The four PDPTEs that MOV to CR3 loads from the PDPT at CR3 bits 31:5 (§5.4.1)."""
     mode = GUEST.modes["pae"]
@@ -464,6 +545,45 @@ def load_pdptes(state: PagingState, memory: PhysicalMemory) -> tuple[int, ...]:
 # ------------------------------------------------------------------ translation without EPT / NPT
 
 
+def crosses_page(gla: int, access: Access) -> bool:
+    """Whether the bytes of ``access`` at ``gla`` lie in more than one 4-KByte page."""
+    return (gla & _OFFSET_MASK) + access.size > PAGE_SIZE
+
+
+OnePage = Callable[[int, Access, PhysicalMemory], Outcome]
+"""Translates an access that lies in one page, given the memory so far."""
+
+
+def split_access(state: PagingState, gla: int, access: Access, memory: PhysicalMemory, one: OnePage) -> Outcome:
+    """An access whose bytes cross a page boundary is two accesses, each translated on its own:
+    the bytes in the first page, then those in the next. A fault on the first ends the access;
+    a fault on the second (after the first translated) is reported with the second part's
+    linear address. The result carries the references of both parts in order and the memory
+    after both; the second part's translation is ``second`` of the first's. Linear addresses
+    wrap at 2^32 outside IA-32e mode. A non-canonical address in either part is #GP before any
+    translation (SDM Vol. 1 §3.3.7.1 "Canonical Addressing": the check covers every byte).
+
+    UNSURE: the SDM states no order for the two translations nor which address CR2 receives
+    when the second page faults; vtx translates in address order and reports the first byte
+    of the second page (what Bochs and Linux KVM's emulator do)."""
+    if not crosses_page(gla, access):
+        return one(gla, access, memory)
+    first_size = PAGE_SIZE - (gla & _OFFSET_MASK)
+    width = _U64 if state.efer & EFER_LMA or state.ia32e else mask(GUEST.modes["32bit"].linear_bits)
+    next_gla = (gla + first_size) & width
+    if linear_address_fault(state, gla) or linear_address_fault(state, next_gla):
+        return GeneralProtection((), memory)
+    first = one(gla, attrs.evolve(access, size=first_size), memory)
+    if not isinstance(first, Translated):
+        return first
+    second = one(next_gla, attrs.evolve(access, size=access.size - first_size), first.memory)
+    references = first.references + second.references
+    if not isinstance(second, Translated):
+        return attrs.evolve(second, references=references)
+    return attrs.evolve(first, references=references, memory=second.memory, second=second)
+
+
+@checked
 def translate(state: PagingState, features: PagingFeatures, memory: PhysicalMemory, gla: int,
               access: Access, *, start: WalkStart | None = None, walked: list[GuestWalk] | None = None) -> Outcome:
     """Translate ``gla`` for ``access`` with guest-physical = host-physical (no EPT or NPT).
@@ -472,8 +592,12 @@ def translate(state: PagingState, features: PagingFeatures, memory: PhysicalMemo
     :class:`GeneralProtection` (non-canonical address), with the references made and the memory
     after the accessed / dirty updates. ``state.pdptes`` None under PAE paging means they are
     loaded from memory now, as MOV to CR3 would have. ``start`` resumes below a cached
-    paging-structure entry; a complete walk is appended to ``walked`` (for the TLB model).
+    paging-structure entry; a complete walk is appended to ``walked`` (for the TLB model); an
+    access that crosses a page is split (:func:`split_access`) and uses neither.
     """
+    if crosses_page(gla, access):
+        return split_access(state, gla, access, memory,
+                            lambda a, part, mem: translate(state, features, mem, a, part))
     if linear_address_fault(state, gla):
         return GeneralProtection((), memory)
     compiled = compile_for(state, features)
@@ -488,9 +612,11 @@ def translate(state: PagingState, features: PagingFeatures, memory: PhysicalMemo
     refs: list[Reference] = []
     entry_bytes = compiled.mode.entry_bytes
 
+    read_entry = memory.read_entry
+
     def fetch(gpa: int, lv: Level) -> int:
-        value = memory.read_int(HostPhysAddr(gpa), entry_bytes)
-        refs.append(Reference(Space.GUEST, lv.depth, lv.name, gpa, gpa, value))
+        value = read_entry(gpa, entry_bytes)
+        refs.append(_new_tuple(Reference, (Space.GUEST, lv.depth, lv.name, gpa, gpa, value)))  # Reference(...)
         return value
 
     w = walk(compiled, state, gla, fetch, start=start)

@@ -12,8 +12,9 @@ Multi-byte values are little-endian (SDM Vol. 1 §1.3.1 "Bit and Byte Order").
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import NewType
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal, NewType
 
 import attrs
 
@@ -21,6 +22,7 @@ from vtx.bits import mask
 from vtx.errors import InputError
 from vtx.inputs import json_int, key_path, shown
 from vtx.paging.formats import PAGE_OFFSET_BITS, PAGE_SIZE
+from vtx.typecheck import checked
 
 HostPhysAddr = NewType("HostPhysAddr", int)
 """A host-physical address: what memory is addressed by."""
@@ -34,6 +36,20 @@ GuestLinearAddr = NewType("GuestLinearAddr", int)
 _OFFSET_MASK = mask(PAGE_OFFSET_BITS)
 _U64 = mask(64)
 _ZERO_PAGE = bytes(PAGE_SIZE)
+_VIEW_FORMATS: dict[int, Literal["I", "Q"]] = {4: "I", 8: "Q"} if sys.byteorder == "little" else {}
+"""Entry sizes read through a cached typed view of the page (native order must be little-endian)."""
+
+
+class _PageViews(dict[int, "memoryview[int]"]):
+    """Typed views of the pages of one memory value, made on first use."""
+
+    def __init__(self, pages: Mapping[int, bytes], fmt: Literal["I", "Q"]) -> None:
+        super().__init__()
+        self.pages, self.fmt = pages, fmt
+
+    def __missing__(self, number: int) -> memoryview[int]:
+        view = self[number] = memoryview(self.pages.get(number, _ZERO_PAGE)).cast(self.fmt)
+        return view
 
 
 def _page_bytes(page: object, number: int) -> bytes:
@@ -47,13 +63,18 @@ class PhysicalMemory:
     """Sparse host-physical memory: page number -> ``PAGE_SIZE`` bytes; absent pages read 0."""
 
     pages: Mapping[int, bytes] = attrs.field(factory=dict, repr=False)
+    _views: dict[int, _PageViews] = attrs.field(factory=dict, init=False, eq=False, repr=False)
+    """Typed views of the pages by entry size (see :meth:`entry_views`); pages never change, so
+    a view stays valid for the life of this value."""
 
     @classmethod
+    @checked
     def from_pages(cls, pages: Mapping[int, bytes]) -> PhysicalMemory:
         """Memory from whole pages (page number -> ``PAGE_SIZE`` bytes); ValueError otherwise."""
         return cls({n: _page_bytes(p, n) for n, p in pages.items()})
 
     @classmethod
+    @checked
     def from_writes(cls, writes: Iterable[tuple[HostPhysAddr, bytes]]) -> PhysicalMemory:
         """Memory holding each ``(address, data)`` in order (later writes win)."""
         pages: dict[int, bytearray] = {}
@@ -63,6 +84,7 @@ class PhysicalMemory:
                 pages.setdefault(a >> PAGE_OFFSET_BITS, bytearray(PAGE_SIZE))[a & _OFFSET_MASK] = byte
         return cls({n: bytes(p) for n, p in pages.items()})
 
+    @checked
     def read(self, address: HostPhysAddr, size: int) -> bytes:
         """``size`` bytes from ``address`` (they may cross pages)."""
         out = bytearray()
@@ -82,6 +104,24 @@ class PhysicalMemory:
             page = self.pages.get(address >> PAGE_OFFSET_BITS)
             return 0 if page is None else int.from_bytes(page[off:off + size], "little")
         return int.from_bytes(self.read(address, size), "little")
+
+    def entry_views(self, size: int) -> Mapping[int, Sequence[int]]:
+        """Page number -> the page as a sequence of ``size``-byte little-endian values (4 or 8):
+        ``views[a >> 12][(a & 0xFFF) // size]`` equals ``read_int(a, size)`` for an address
+        aligned to ``size``. The read path of the walkers' inner loops; absent pages read 0."""
+        views = self._views.get(size)
+        if views is None:
+            if size not in _VIEW_FORMATS:
+                raise ValueError(f"no {size}-byte view on a {sys.byteorder}-endian host")
+            views = self._views[size] = _PageViews(self.pages, _VIEW_FORMATS[size])
+        return views
+
+    def read_entry(self, address: int, size: int) -> int:
+        """The ``size``-byte value at ``address`` (the read path of paging-structure entries):
+        equal to :meth:`read_int`, through :meth:`entry_views` when the address is aligned."""
+        if size not in _VIEW_FORMATS or address & (size - 1):
+            return self.read_int(HostPhysAddr(address), size)
+        return self.entry_views(size)[address >> PAGE_OFFSET_BITS][(address & _OFFSET_MASK) // size]
 
     def write(self, address: HostPhysAddr, data: bytes) -> PhysicalMemory:
         """A new memory with ``data`` at ``address``; this one is unchanged."""

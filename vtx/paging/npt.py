@@ -23,10 +23,12 @@ from vtx.paging.formats import GUEST, NPT, PAGE_OFFSET_BITS
 from vtx.paging.guest import Access, AccessKind, GuestWalk, Level, PagingFeatures, PagingState, WalkFault
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
 from vtx.paging.outcomes import GeneralProtection, Npf, Outcome, PageFault, Reference, Space, Translated
+from vtx.typecheck import checked
 
 _I = {b.name: b.mask for b in NPT.exit_info_1}
 
 
+@checked
 def fault_code(host: PagingState, kind: AccessKind, *, present: bool, reserved: bool, guest_table: bool) -> int:
     """EXITINFO1 of #VMEXIT(NPF) (APM Vol. 2 §15.25.6): P, RW, US (always: nested accesses are
     user accesses), RSV, ID (for a fetch, under the host's NX / SMEP rule of the #PF error code),
@@ -39,6 +41,7 @@ def fault_code(host: PagingState, kind: AccessKind, *, present: bool, reserved: 
     return code
 
 
+@checked
 def nested_translate(host: PagingState, features: PagingFeatures, memory: PhysicalMemory, gpa: int,
                      kind: AccessKind, *, refs: list[Reference], guest_table: bool
                      ) -> tuple[int, int, PhysicalMemory] | Npf:
@@ -72,14 +75,24 @@ def nested_translate(host: PagingState, features: PagingFeatures, memory: Physic
     return w.gpa, w.page_size, memory
 
 
+@checked
 def translate(state: PagingState, features: PagingFeatures, memory: PhysicalMemory, gla: int, access: Access, *,
               host: PagingState) -> Outcome:
     """Translate guest linear address ``gla`` with nested paging (``host.cr3`` = nCR3).
 
     Returns :class:`Translated`, :class:`PageFault` (for the guest), :class:`Npf` or
     :class:`GeneralProtection`, with the references made (guest entries by guest-physical
-    address, nested entries by host-physical address) and the memory after A/D updates.
+    address, nested entries by host-physical address) and the memory after A/D updates. An
+    access that crosses a page boundary is two accesses (:func:`vtx.paging.guest.split_access`).
     """
+    if guest.crosses_page(gla, access):
+        return guest.split_access(state, gla, access, memory,
+                                  lambda a, part, mem: _translate_page(state, features, mem, a, part, host=host))
+    return _translate_page(state, features, memory, gla, access, host=host)
+
+
+def _translate_page(state: PagingState, features: PagingFeatures, memory: PhysicalMemory, gla: int, access: Access,
+                    *, host: PagingState) -> Outcome:
     host = PagingState(host.cr0, host.cr3, host.cr4, host.efer)  # no PKRU, no PDPTE registers
     if guest.linear_address_fault(state, gla):
         return GeneralProtection((), memory)
@@ -87,7 +100,7 @@ def translate(state: PagingState, features: PagingFeatures, memory: PhysicalMemo
     compiled = guest.compile_for(state, features)
     if compiled is None:
         return _final(host, features, memory, gla, gla, access=access, refs=refs, guest_page_size=1 << PAGE_OFFSET_BITS)
-    state = PagingState(state.cr0, state.cr3, state.cr4, state.efer, state.rflags, state.pkru)
+    state = PagingState(state.cr0, state.cr3, state.cr4, state.efer, state.rflags, state.pkru, pat=state.pat)
     entry_bytes = compiled.mode.entry_bytes
     mem = [memory]
     hpas: list[int] = []

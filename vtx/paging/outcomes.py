@@ -56,10 +56,14 @@ class Rights(NamedTuple):
 @attrs.frozen
 class Translated:
     """The access may proceed: ``gla`` (None for a guest-physical access) translates to ``gpa``
-    and ``hpa``. ``page_size`` is the size of the smaller of the guest and EPT / NPT pages;
-    ``memory_type`` / ``ignore_pat`` the EPT memory type and IPAT bit of the EPT entry that maps
-    the page, where EPT applies (None elsewhere); ``rights`` the guest paging rights (None
-    with paging disabled)."""
+    and ``hpa``. ``page_size`` is the size of the smaller of the guest and EPT / NPT pages.
+    Where EPT applies: ``memory_type`` the effective memory type of the access (SDM Vol. 3C
+    §30.3.7.2), ``ept_memory_type`` / ``ignore_pat`` the memory type and IPAT bit of the EPT
+    entry that maps the page, ``pat_memory_type`` the guest's PAT type (None elsewhere: vtx
+    models no MTRRs). ``rights`` the guest paging rights (None with paging disabled).
+    ``second`` is the translation of the part of an access that crosses into the next page
+    (None if the access lies in one page); ``references`` and ``memory`` then cover both
+    parts."""
 
     gla: int | None
     gpa: int
@@ -70,6 +74,9 @@ class Translated:
     memory_type: str | None = None
     ignore_pat: bool | None = None
     rights: Rights | None = None
+    ept_memory_type: str | None = None
+    pat_memory_type: str | None = None
+    second: Translated | None = None
 
 
 @attrs.frozen

@@ -19,7 +19,7 @@ from vtx import spec
 from vtx.errors import InputError
 from vtx.inputs import check_keys, in_file, json_bool, json_int, json_object, shown
 from vtx.paging import guest, npt, walk2d
-from vtx.paging.ept import ept_from_eptp
+from vtx.paging.ept import Ept, ept_from_eptp
 from vtx.paging.formats import EPT, EPT_VIOLATION_QUALIFICATION, GUEST, NPT, PAGE_OFFSET_BITS
 from vtx.paging.guest import Access, AccessKind, PagingFeatures, PagingState
 from vtx.paging.memory import PhysicalMemory, parse_memory
@@ -34,13 +34,15 @@ from vtx.paging.outcomes import (
     Space,
     Translated,
 )
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities, read_json, resolve_capabilities
 
 TOP_KEYS = ("arch", "profile", "capabilities", "eptp", "ncr3", "fields", "host", "guest", "memory", "access")
-GUEST_KEYS = ("cr0", "cr3", "cr4", "efer", "rflags", "cpl", "pkru")
+GUEST_KEYS = ("cr0", "cr3", "cr4", "efer", "rflags", "cpl", "pkru", "pat")
 HOST_KEYS = ("cr0", "cr4", "efer")
-ACCESS_KEYS = ("address", "kind", "size", "implicit", "nmi_unblocking")
+ACCESS_KEYS = ("address", "kind", "size", "implicit", "nmi_unblocking", "shadow_stack", "asynchronous")
 _USER_CPL = 3
+PAT_ENTRIES = 64 // GUEST.pat.entry_bits
 _ADDRESS_TOP = EPT.eptp["root"].bits.hi + 1
 _PDPTR_FIELDS = tuple(f"GUEST_PDPTR{i}" for i in range(4))
 _DEFAULT_HOST = {"cr0": GUEST.register("cr0", "pg").mask, "cr4": GUEST.register("cr4", "pae").mask,
@@ -68,6 +70,7 @@ class TranslateInput:
     secondary_controls: int
     ncr3: int | None
     host: PagingState | None
+    tertiary_controls: int = 0
 
 
 
@@ -91,7 +94,10 @@ def parse(doc: object, *, profile: str | None = None) -> TranslateInput:
     state = PagingState(cr0=json_int(g.get("cr0", 0), "guest.cr0"), cr3=json_int(g.get("cr3", 0), "guest.cr3"),
                         cr4=json_int(g.get("cr4", 0), "guest.cr4"), efer=json_int(g.get("efer", 0), "guest.efer"),
                         rflags=json_int(g.get("rflags", 2), "guest.rflags"),
-                        pkru=json_int(g.get("pkru", 0), "guest.pkru", 32))
+                        pkru=json_int(g.get("pkru", 0), "guest.pkru", 32),
+                        pat=json_int(g.get("pat", GUEST.pat.reset), "guest.pat"))
+    for index in range(PAT_ENTRIES):
+        guest.pat_memory_type(state.pat, index)  # a reserved type is bad input naming guest.pat
     if eptp is not None and guest.paging_mode(state) is GUEST.modes["pae"]:
         pdptes = tuple(fields.get(name, 0) for name in _PDPTR_FIELDS)
         bad = guest.pdpte_problems(pdptes, features)
@@ -107,14 +113,23 @@ def parse(doc: object, *, profile: str | None = None) -> TranslateInput:
     except ValueError as e:
         raise InputError("access.kind", shown(a.get("kind")), "must be 'read', 'write' or 'fetch'") from e
     implicit = json_bool(a.get("implicit", False), "access.implicit")
-    access = Access(kind, user=cpl == _USER_CPL and not implicit, implicit=implicit,
-                    size=json_int(a.get("size", 1), "access.size"),
-                    nmi_unblocking=json_bool(a.get("nmi_unblocking", False), "access.nmi_unblocking"))
+    size = json_int(a.get("size", 1), "access.size")
+    if size < 1:
+        raise InputError("access.size", size, "an access is at least one byte")
+    access = Access(kind, user=cpl == _USER_CPL and not implicit, implicit=implicit, size=size,
+                    nmi_unblocking=json_bool(a.get("nmi_unblocking", False), "access.nmi_unblocking"),
+                    shadow_stack=json_bool(a.get("shadow_stack", False), "access.shadow_stack"),
+                    asynchronous=json_bool(a.get("asynchronous", False), "access.asynchronous"))
     secondary = fields.get("SECONDARY_VM_EXEC_CONTROL", 0)
-    mbec = spec.get_control("proc2", "mode_based_execute_control_for_ept")
-    if secondary & mbec.mask and not caps.allows("proc2", mbec.name):
-        raise InputError("fields.SECONDARY_VM_EXEC_CONTROL", hex(secondary),
-                         f"the profile does not allow {mbec.title!r} (VM entry would fail)")
+    tertiary = fields.get("TERTIARY_VM_EXEC_CONTROL", 0)
+    for field, key, name in (("SECONDARY_VM_EXEC_CONTROL", "proc2", "mode_based_execute_control_for_ept"),
+                             ("TERTIARY_VM_EXEC_CONTROL", "proc3", "ept_paging_write_control"),
+                             ("TERTIARY_VM_EXEC_CONTROL", "proc3", "guest_paging_verification")):
+        control = spec.get_control(key, name)
+        value = secondary if key == "proc2" else tertiary
+        if value & control.mask and not caps.allows(key, control.name):
+            raise InputError(f"fields.{field}", hex(value),
+                             f"the profile does not allow {control.title!r} (VM entry would fail)")
     ncr3 = json_int(doc["ncr3"], "ncr3") if "ncr3" in doc else None
     host = None
     if arch == "svm" and ncr3 is not None:
@@ -125,7 +140,7 @@ def parse(doc: object, *, profile: str | None = None) -> TranslateInput:
         if not host.paging:
             raise InputError("host.cr0", hex(host.cr0), "nested paging needs host paging enabled (CR0.PG = 1)")
     return TranslateInput(arch, caps, state, features, parse_memory(doc.get("memory", [])), access,
-                          json_int(a["address"], "access.address"), eptp, secondary, ncr3, host)
+                          json_int(a["address"], "access.address"), eptp, secondary, ncr3, host, tertiary)
 
 
 def _parse_fields(doc: Mapping[str, Any]) -> dict[str, int]:
@@ -133,6 +148,7 @@ def _parse_fields(doc: Mapping[str, Any]) -> dict[str, int]:
     return {name: json_int(value, f"fields.{name}", spec.VMCS_FIELDS[name].bits) for name, value in raw.items()}
 
 
+@checked
 def run(inp: TranslateInput) -> Outcome:
     """Translate the document's access."""
     if inp.arch == "svm":
@@ -141,8 +157,13 @@ def run(inp: TranslateInput) -> Outcome:
         return npt.translate(inp.state, inp.features, inp.memory, inp.address, inp.access, host=inp.host)
     if inp.eptp is None:
         return guest.translate(inp.state, inp.features, inp.memory, inp.address, inp.access)
-    ept = ept_from_eptp(inp.eptp, inp.caps, secondary_controls=inp.secondary_controls)
-    return walk2d.translate(inp.state, inp.features, inp.memory, inp.address, inp.access, ept=ept)
+    return walk2d.translate(inp.state, inp.features, inp.memory, inp.address, inp.access, ept=_ept(inp))
+
+
+def _ept(inp: TranslateInput) -> Ept:
+    assert inp.eptp is not None
+    return ept_from_eptp(inp.eptp, inp.caps, secondary_controls=inp.secondary_controls,
+                         tertiary_controls=inp.tertiary_controls)
 
 
 # ------------------------------------------------------------------ output
@@ -155,15 +176,22 @@ def _hex(v: int | None) -> str | None:
     return None if v is None else f"{v:#x}"
 
 
-def to_json(outcome: Outcome) -> dict[str, Any]:
-    """The ``--json`` record of an outcome (keys that do not apply are null)."""
+@checked
+def to_json(outcome: Outcome, inp: TranslateInput | None = None) -> dict[str, Any]:
+    """The ``--json`` record of an outcome (keys that do not apply are null); with ``inp`` under
+    EPT, each reference carries the memory type it was made with."""
     out: dict[str, Any] = {"outcome": _OUTCOME_NAMES[type(outcome)], "gpa": None, "hpa": None, "gla": None,
                            "exit_reason": None, "qualification": None, "error_code": None,
                            "exit_info_1": None, "exit_info_2": None, "page_size": None, "memory_type": None,
-                           "ignore_pat": None}
+                           "ept_memory_type": None, "pat_memory_type": None, "ignore_pat": None, "second": None}
     if isinstance(outcome, Translated):
         out.update(gpa=_hex(outcome.gpa), hpa=_hex(outcome.hpa), gla=_hex(outcome.gla),
-                   page_size=_hex(outcome.page_size), memory_type=outcome.memory_type, ignore_pat=outcome.ignore_pat)
+                   page_size=_hex(outcome.page_size), memory_type=outcome.memory_type,
+                   ept_memory_type=outcome.ept_memory_type, pat_memory_type=outcome.pat_memory_type,
+                   ignore_pat=outcome.ignore_pat)
+        if outcome.second is not None:
+            s = outcome.second
+            out["second"] = {"gla": _hex(s.gla), "gpa": _hex(s.gpa), "hpa": _hex(s.hpa), "memory_type": s.memory_type}
     elif isinstance(outcome, PageFault):
         out.update(error_code=_hex(outcome.error_code), gla=_hex(outcome.address))
     elif isinstance(outcome, EptViolation):
@@ -174,8 +202,11 @@ def to_json(outcome: Outcome) -> dict[str, Any]:
     elif isinstance(outcome, Npf):
         out.update(exit_reason=_hex(NPT.exit_code), exit_info_1=_hex(outcome.exit_info_1),
                    exit_info_2=_hex(outcome.exit_info_2), gpa=_hex(outcome.exit_info_2))
-    out["references"] = [{"space": r.space.value, "level": r.level, "address": _hex(r.address), "value": _hex(r.value)}
-                         for r in outcome.references]
+    types: list[str | None] = [None] * len(outcome.references)
+    if inp is not None and inp.arch == "vmx" and inp.eptp is not None:
+        types = list(walk2d.reference_memory_types(outcome.references, inp.state, _ept(inp)))
+    out["references"] = [{"space": r.space.value, "level": r.level, "address": _hex(r.address), "value": _hex(r.value),
+                          "memory_type": t} for r, t in zip(outcome.references, types, strict=True)]
     return out
 
 
@@ -188,17 +219,22 @@ def _flags(ref: Reference) -> str:
     return " ".join(shown) or "-"
 
 
+@checked
 def render(inp: TranslateInput, outcome: Outcome) -> str:
     """The walk drawn step by step, then the decision."""
+    rec = to_json(outcome, inp)
     lines = [f"translate {inp.access.kind.value} of {inp.access.size} byte(s) at {inp.address:#x} "
              f"({'user' if inp.access.user else 'supervisor'}-mode), arch {inp.arch}, profile {inp.caps.name}"]
     for n, r in enumerate(outcome.references, 1):
         translated = r.space is Space.GUEST and r.host_address != r.address
         where = f"gpa {r.address:#x} (hpa {r.host_address:#x})" if translated else f"{r.address:#x}"
-        lines.append(f"  {n:2}. {r.space.value:5} {r.name:6} @ {where}: {r.value:#018x}  [{_flags(r)}]")
+        memory_type = rec["references"][n - 1]["memory_type"]
+        typed = f" ({memory_type})" if memory_type else ""
+        lines.append(f"  {n:2}. {r.space.value:5} {r.name:6} @ {where}: {r.value:#018x}  [{_flags(r)}]{typed}")
     lines.append(f"  {len(outcome.references)} memory reference(s)")
-    rec = to_json(outcome)
-    detail = {k: v for k, v in rec.items() if k not in ("outcome", "references") and v is not None}
+    detail = {k: v for k, v in rec.items() if k not in ("outcome", "references", "second") and v is not None}
+    if rec["second"] is not None:
+        detail["second part"] = ", ".join(f"{k} {v}" for k, v in rec["second"].items())
     lines.append(f"=> {rec['outcome']}: " + ", ".join(f"{k} {v}" for k, v in detail.items()))
     if isinstance(outcome, EptViolation):
         bits = [q.name for q in EPT_VIOLATION_QUALIFICATION if outcome.qualification & q.mask]
@@ -218,7 +254,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         inp = parse(read_json(args.file), profile=args.profile)
         outcome = run(inp)
     if args.json:
-        print(json.dumps(to_json(outcome), indent=2))
+        print(json.dumps(to_json(outcome, inp), indent=2))
     else:
         print(render(inp, outcome))
     return 0 if isinstance(outcome, Translated) else 1
