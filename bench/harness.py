@@ -6,12 +6,13 @@ import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import attrs
+
+from vtx.fileio import atomic_write
 
 
 @attrs.frozen
@@ -24,6 +25,11 @@ class Result:
     repetitions: int
     inner: int
     target_per_second: float | None = None
+    peer: str | None = None
+    """The name of the result this one is compared with (KVM, a reference implementation), measured in
+    the same run: the report gives the ratio of their rates."""
+    target_ratio: float | None = None
+    """The least acceptable ratio of this result's rate to its peer's."""
 
     @property
     def per_second(self) -> float:
@@ -53,22 +59,45 @@ def measure(name: str, op: Callable[[], object], *, inner: int = 10_000, repetit
                   target_per_second)
 
 
-def report(results: list[Result], path: Path) -> None:
-    """Print a table and write the results atomically as JSON to ``path``."""
-    print(f"{'benchmark':44} {'median':>10} {'min':>10} {'max':>10}  unit   {'per second':>12} {'target':>10}")
+def ratios(results: list[Result]) -> dict[str, tuple[float, str]]:
+    """For each result with a peer among ``results``: the ratio of its rate to the peer's, and pass /
+    short against its target ratio (empty without one)."""
+    by_name = {r.name: r for r in results}
+    out = {}
+    for r in results:
+        if r.peer is not None and r.peer in by_name:
+            ratio = r.per_second / by_name[r.peer].per_second
+            verdict = "" if r.target_ratio is None else "pass" if ratio >= r.target_ratio else "short"
+            out[r.name] = (ratio, verdict)
+    return out
+
+
+def report(results: list[Result], path: Path | None, *, merge: bool = False) -> None:
+    """Print a table and write the results atomically as JSON to ``path`` (unless None). With ``merge``,
+    the rows of an existing file whose names are not among ``results`` are kept (a partial run)."""
+    by_ratio = ratios(results)
+    print(f"{'benchmark':56} {'median':>10} {'min':>10} {'max':>10}  unit    {'per second':>12} {'target':>16}")
     for r in results:
         target = f"{r.target_per_second:10,.0f} {r.verdict}" if r.target_per_second else ""
-        print(f"{r.name:44} {r.median:10.3f} {r.minimum:10.3f} {r.maximum:10.3f}  {r.unit} "
+        print(f"{r.name:56} {r.median:10.3f} {r.minimum:10.3f} {r.maximum:10.3f}  {r.unit:7} "
               f"{r.per_second:12,.0f} {target}")
+        if r.name in by_ratio:
+            ratio, verdict = by_ratio[r.name]
+            wanted = f" (target >= {r.target_ratio:g}: {verdict})" if r.target_ratio is not None else ""
+            print(f"{'':4}ratio to {r.peer}: {ratio:.2f}{wanted}")
+    if path is None:
+        return
+    rows = [{**attrs.asdict(r), "per_second": r.per_second, "verdict": r.verdict,
+             **({"ratio": by_ratio[r.name][0], "ratio_verdict": by_ratio[r.name][1]} if r.name in by_ratio else {})}
+            for r in results]
+    if merge and path.exists():
+        names = {r.name for r in results}
+        rows = [row for row in json.loads(path.read_text())["results"] if row["name"] not in names] + rows
     data = {
         "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                    "platform": platform.platform()},
-        "results": [{**attrs.asdict(r), "per_second": r.per_second, "verdict": r.verdict} for r in results],
+                    "platform": platform.platform(), "load_average": os.getloadavg()},
+        "results": rows,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())

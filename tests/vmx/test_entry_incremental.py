@@ -24,14 +24,17 @@ from vtx.vmx.entry import (  # the fast paths under test
     EntryContext,
     EntryEvaluation,
     Gate,
+    _applicable,
     _gate_slots,
     _gates_hold,
+    _plan,
     _stale_checks,
     evaluate_every_check,
     evaluate_vm_entry,
     evaluate_vm_entry_incremental,
     gates,
 )
+from vtx.vmx.entry.applicability import condition_of, conditions
 from vtx.vmx.entry.catalogue import ENTRY_CHECKS
 from vtx.vmx.templates import TEMPLATES, build_template
 from vtx.vmx.vmcs import _ACCESS, Vmcs, _access, _lookup, vmread, vmwrite
@@ -159,6 +162,92 @@ def test_closed_gate_skips_a_violating_check_only_when_it_cannot_be_violated() -
     off = bad.set(entry, bad.get(entry) & ~load_debug)
     assert "guest.debugctl.reserved_bits" not in {v.check_id for v in evaluate_vm_entry(off, caps).violations}
     assert evaluate_vm_entry(off, caps) == evaluate_every_check(off, caps)
+
+
+# ----------------------------------------------------------------------------- field and processor-state conditions
+
+
+def test_conditions_are_read_from_the_catalogue() -> None:
+    rows = {r.id: r for r in ENTRY_CHECKS}
+    (valid,) = conditions(rows["controls.entry.event_injection.type"])
+    assert valid.field is not None and valid.field.name == "VM_ENTRY_INTR_INFO_FIELD" and not valid.holds_if_equal
+    assert conditions(rows["guest.segments.ldtr_type"])[0].fields() == ("GUEST_LDTR_AR_BYTES",)
+    assert [c.processor for c in conditions(rows["smm.executive_vmcs.alignment"])] == [("in_smm",)]
+    assert conditions(rows["guest.vmcs_link.alignment"]) == conditions(rows["guest.vmcs_link.address_width"])
+    assert conditions(rows["guest.segments.cs_db"])  # "... (RFLAGS.VM is 0) and the 'IA-32e mode guest' ..."
+    assert conditions(rows["controls.pin_based.reserved_bits"]) == ()  # "always"
+    # two wordings of one condition are one condition
+    assert condition_of("LDTR is usable") == condition_of("LDTR is usable (bit 16 of its access rights is 0)")
+    assert sum(len(conditions(r)) for r in ENTRY_CHECKS) > 60
+
+
+def test_condition_fields_and_processor_terms_are_catalogue_ones_of_their_check() -> None:
+    """A condition reads only fields and processor state its row lists: incremental evaluation re-runs the
+    check when the condition becomes true, and a change of context re-runs everything."""
+    for row in ENTRY_CHECKS:
+        for condition in conditions(row):
+            assert set(condition.fields()) <= set(row.fields), (row.id, condition)
+            assert set(condition.processor) <= set(row.processor) | {"in_smm", "vmm_ia32e_mode"}, (row.id, condition)
+
+
+CONDITION_FIELDS = sorted({n for r in ENTRY_CHECKS for c in conditions(r) for n in c.fields()})
+
+
+@st.composite
+def condition_inputs(draw: st.DrawFn) -> tuple[Vmcs, EntryContext]:
+    """A template with the fields the conditions read drawn from values that make them true or false
+    (0, all ones, one bit, or the template's own value)."""
+    caps = load_preset(draw(st.sampled_from(PRESETS)))
+    vmcs = _template(caps, draw(st.sampled_from(TEMPLATES)))
+    for name in CONDITION_FIELDS:
+        field = VMCS_FIELDS[name]
+        value = draw(st.sampled_from([vmcs.get(field), 0, mask(field.bits)])
+                     | st.integers(0, field.bits - 1).map(lambda b: 1 << b) | st.integers(0, mask(field.bits)))
+        vmcs = vmcs.set(field, value)
+    return vmcs, draw(st.sampled_from(CONTEXTS))
+
+
+@given(condition_inputs())
+def test_fast_condition_test_equals_condition_holds(inputs: tuple[Vmcs, EntryContext]) -> None:
+    vmcs, ctx = inputs
+    plan = _plan()
+    bits = plan.condition_values(vmcs, ctx)
+    assert [bool(bits >> n & 1) for n in range(len(plan.conditions))] == [c.holds(vmcs, ctx) for c in plan.conditions]
+
+
+@given(condition_inputs())
+def test_memoized_applicable_checks_equal_the_gates_and_conditions(inputs: tuple[Vmcs, EntryContext]) -> None:
+    vmcs, ctx = inputs
+    for _ in range(2):  # the first call may fill the memo, the second reads it
+        expected = [(r.spec, r.fn) for r in REGISTRY.values() if all(g.holds(vmcs) for g in gates(r.spec))
+                    and all(c.holds(vmcs, ctx) for c in conditions(r.spec))]
+        assert list(_applicable(vmcs, ctx)) == expected
+
+
+CONDITIONED = sorted(check_id for check_id, check in REGISTRY.items() if conditions(check.spec))
+
+
+@given(st.sampled_from(CONDITIONED), st.sampled_from(PRESETS), st.data())
+def test_a_check_whose_condition_is_false_reports_nothing(check_id: str, preset: str, data: st.DataObject) -> None:
+    """Whatever the other fields it reads hold, a check reports no violation and raises no NotEvaluable
+    while one of its conditions is false: skipping it then is sound."""
+    check = REGISTRY[check_id]
+    caps = load_preset(preset)
+    condition = data.draw(st.sampled_from(conditions(check.spec)))
+    # a context in which the condition is false, if the context decides it, else any
+    ctx = data.draw(st.sampled_from([c for c in CONTEXTS if condition.context is None
+                                     or getattr(c, condition.context[0]) is not condition.context[1]] or CONTEXTS))
+    vmcs = build_template("long-mode", caps)
+    for name in check.spec.fields:
+        field = VMCS_FIELDS[name]
+        vmcs = vmcs.set(field, data.draw(st.just(vmcs.get(field)) | st.integers(0, mask(field.bits)), label=name))
+    if condition.field is not None and condition.holds(vmcs, ctx):  # make it false through its field
+        value = vmcs.get(condition.field)
+        false_value = (value & ~condition.mask | condition.equal if condition.holds_if_equal is False
+                       else value ^ (condition.mask & ~(condition.mask - 1)))  # flip the lowest bit of the mask
+        vmcs = vmcs.set(condition.field, false_value & mask(condition.field.bits))
+    assert not condition.holds(vmcs, ctx)
+    assert list(check.fn(vmcs, caps, ctx)) == []
 
 
 # ----------------------------------------------------------------------------- incremental evaluation
@@ -352,12 +441,12 @@ def test_memoized_ept_equals_computed_ept() -> None:
     eptp = (EPTP_FIELDS["root"].bits.put(0, 0x5000 >> 12) | EPTP_FIELDS["memory_type"].bits.put(0, write_back)
             | EPTP_FIELDS["walk_length"].bits.put(0, four_levels))
     first = ept_from_eptp(eptp, caps)
-    assert first == _ept_from_eptp(eptp, caps, 0)
+    assert first == _ept_from_eptp(eptp, caps, 0, 0)
     assert ept_from_eptp(eptp, caps) is first
     mbec = spec.get_control("proc2", "mode_based_execute_control_for_ept").mask
-    assert ept_from_eptp(eptp, caps, secondary_controls=mbec) == _ept_from_eptp(eptp, caps, mbec)
+    assert ept_from_eptp(eptp, caps, secondary_controls=mbec) == _ept_from_eptp(eptp, caps, mbec, 0)
     assert ept_from_eptp(eptp, caps, secondary_controls=mbec) != first
     other = load_preset("max")
-    assert ept_from_eptp(eptp, other) == _ept_from_eptp(eptp, other, 0)
+    assert ept_from_eptp(eptp, other) == _ept_from_eptp(eptp, other, 0, 0)
     with pytest.raises(InputError, match="eptp"):
         ept_from_eptp(eptp & ~EPTP_FIELDS["walk_length"].mask, caps)  # a 1-level walk: invalid, never memoized

@@ -37,6 +37,7 @@ from vtx.conditions import (
 from vtx.errors import InputError, NotEvaluable
 from vtx.inputs import json_int, key_path, listed, parse_json, read_text, shown
 from vtx.spec import CAPABILITY_MSRS, CONTROL_FIELDS, CPUID_FACTS, MsrFormat, VmcsField
+from vtx.typecheck import checked
 
 PRESET_DIR = spec.SPEC_DIR / "presets"
 DEFAULT_PRESET = "max"
@@ -65,6 +66,7 @@ class CpuidLeaf:
         return value
 
 
+@checked
 def normalize_leaf_key(key: str, where: str = "cpuid") -> str:
     """``"7.0"``, ``"0x07.0"`` and ``"0x00000007.0x0"`` all name leaf 7 sub-leaf 0 (``"0x7.0"``)."""
     leaf_text, _, sub_text = key.partition(".")
@@ -90,6 +92,7 @@ class Capabilities:
     # ------------------------------------------------------------------ construction
 
     @classmethod
+    @checked
     def from_msrs(cls, msrs: Mapping[str | int, object], *, name: str = "custom",
                   cpuid: Mapping[str, Mapping[str, object]] | None = None,
                   facts: Mapping[str, object] | None = None) -> Capabilities:
@@ -101,6 +104,7 @@ class Capabilities:
                                **{_msr_name(k): v for k, v in msrs.items()}}, name=name)
 
     @classmethod
+    @checked
     def from_json(cls, obj: object, *, base: Capabilities | None = None, name: str = "custom",
                   where: str = "capabilities") -> Capabilities:
         """Capabilities from the public JSON format, over ``base`` (default: the ``max`` preset)."""
@@ -108,6 +112,7 @@ class Capabilities:
             raise InputError(where, type(obj).__name__, "capabilities must be a JSON object")
         return (base if base is not None else load_preset(DEFAULT_PRESET)).overlay(obj, name=name, where=where)
 
+    @checked
     def overlay(self, obj: Mapping[str, Any], *, name: str | None = None,
                 where: str = "capabilities") -> Capabilities:
         """These capabilities with the values of ``obj`` (public format) laid over them.
@@ -204,6 +209,7 @@ class Capabilities:
 
     # ------------------------------------------------------------------ existence
 
+    @checked
     def evaluate(self, condition: Condition) -> bool | None:
         """Whether an existence condition holds; None if a term it depends on is unknown."""
         unknown = False
@@ -237,6 +243,7 @@ class Capabilities:
             return None if count is None else count > term.n
         raise AssertionError(term)
 
+    @checked
     def msr_exists(self, name: str) -> bool | None:
         """Whether the processor enumerates capability MSR ``name`` (Appendix A)."""
         return self.evaluate(CAPABILITY_MSRS[name].exists)
@@ -252,12 +259,14 @@ class Capabilities:
     def _field_support(self) -> dict[int, bool | None]:
         return {f.encoding: self.evaluate(f.exists) for f in spec.VMCS_FIELDS}
 
+    @checked
     def field_exists(self, field: VmcsField) -> bool | None:
         """Whether the processor supports VMCS field ``field`` (None: not evaluable)."""
         return self._field_support[field.encoding]
 
     # ------------------------------------------------------------------ control settings
 
+    @checked
     def control_msr(self, field_key: str) -> str:
         """The MSR that reports the allowed settings of a control field.
 
@@ -276,7 +285,7 @@ class Capabilities:
     def _allowed_memo(self) -> dict[str, tuple[int | None, int | None]]:
         return {}
 
-    def _allowed_settings(self, field_key: str) -> tuple[int | None, int | None]:
+    def allowed_settings(self, field_key: str) -> tuple[int | None, int | None]:
         """(allowed0, allowed1) of a control field, computed once per value (filled lazily: a
         secondary field's settings depend on the primary field's)."""
         memo = self._allowed_memo
@@ -285,13 +294,15 @@ class Capabilities:
             settings = memo[field_key] = (self._allowed0(field_key), self._allowed1(field_key))
         return settings
 
+    @checked
     def allowed0(self, field_key: str) -> int | None:
         """The bits of a control field that must be 1 (allowed-0 settings = 0 there)."""
-        return self._allowed_settings(field_key)[0]
+        return self.allowed_settings(field_key)[0]
 
+    @checked
     def allowed1(self, field_key: str) -> int | None:
         """The bits of a control field that may be 1."""
-        return self._allowed_settings(field_key)[1]
+        return self.allowed_settings(field_key)[1]
 
     def _allowed0(self, field_key: str) -> int | None:
         cf = CONTROL_FIELDS[field_key]
@@ -315,16 +326,19 @@ class Capabilities:
             return None
         return value >> 32 if cf.msr_format is MsrFormat.PAIR else value & mask(cf.width)
 
+    @checked
     def allows(self, field_key: str, control: str) -> bool | None:
         """Whether the 1-setting of a control is allowed."""
         a1 = self.allowed1(field_key)
         return None if a1 is None else bool(a1 & spec.get_control(field_key, control).mask)
 
+    @checked
     def requires(self, field_key: str, control: str) -> bool | None:
         """Whether a control must be 1 (its 0-setting is not allowed)."""
         a0 = self.allowed0(field_key)
         return None if a0 is None else bool(a0 & spec.get_control(field_key, control).mask)
 
+    @checked
     def control_value_allowed(self, field_key: str, value: int) -> bool | None:
         """Whether a whole control-field value sets every must-be-1 bit and no must-be-0 bit."""
         a0, a1 = self.allowed0(field_key), self.allowed1(field_key)
@@ -422,12 +436,14 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
 
 
+@checked
 def read_json(path: Path) -> Any:
     """Parse a JSON file; InputError naming the file, line and column on failure."""
     return parse_json(read_text(path), str(path))
 
 
-def resolve_capabilities(*, profile: str | None = None, msrs_file: Path | None = None,
+@checked
+def resolve_capabilities(*, profile: object = None, msrs_file: Path | None = None,
                          document: Mapping[str, Any] | None = None) -> Capabilities:
     """The capabilities a CLI verb uses.
 

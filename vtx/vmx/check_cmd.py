@@ -25,6 +25,7 @@ from vtx.paging.memory import parse_memory
 from vtx.spec import VMCS_FIELDS
 from vtx.svm.check_cmd import DEFAULT_SVM_PRESET, check_svm_document, svm_template_document
 from vtx.svm.templates import SVM_TEMPLATES
+from vtx.typecheck import checked
 from vtx.vmx import instructions
 from vtx.vmx.capabilities import Capabilities, load_preset, preset_names, read_json, resolve_capabilities
 from vtx.vmx.entry import EntryContext, EntryOutcome, evaluate_vm_entry
@@ -128,6 +129,7 @@ _BASIC_IDS = {"VMfailInvalid": ("basic.current_vmcs", "basic.not_shadow_vmcs"), 
               4: ("basic.vmlaunch_clear",), 5: ("basic.vmresume_launched",)}
 
 
+@checked
 def run(inp: CheckInput) -> dict[str, Any]:
     """The result document of ``vtx check --json``."""
     step = getattr(instructions, inp.instruction)(inp.state, inp.caps)
@@ -151,6 +153,7 @@ def run(inp: CheckInput) -> dict[str, Any]:
     return result
 
 
+@checked
 def render(result: Mapping[str, Any]) -> str:
     lines = [f"outcome: {result['outcome']}" + "".join(
         f", {k.replace('_', ' ')} {result[k]:#x}" if k == "exit_reason_full" else f", {k.replace('_', ' ')} {result[k]}"
@@ -165,6 +168,7 @@ def render(result: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+@checked
 def render_svm(result: Mapping[str, Any]) -> str:
     lines = [f"outcome: {result['outcome']}" + (f", exit code {result['exit_code']}" if result["exit_code"] else "")]
     for v in result["violations"]:

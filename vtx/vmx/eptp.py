@@ -16,6 +16,7 @@ import attrs
 from vtx.bits import BitRange
 from vtx.paging.ept import eptp_problems
 from vtx.paging.formats import EPT
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 
 
@@ -43,6 +44,7 @@ EPTP = EptpLayout(
 )
 
 
+@checked
 def is_valid_eptp(eptp: int, caps: Capabilities) -> bool:
     """Whether ``eptp`` satisfies every EPTP rule."""
     return not eptp_problems(eptp, caps)

@@ -27,9 +27,10 @@ from vtx.outcomes import (
 )
 from vtx.paging.memory import HostPhysAddr
 from vtx.spec import VMCS_FIELDS, VMX_INSTRUCTIONS, VmInstructionError, get_control, get_error, reg_bit
+from vtx.typecheck import checked
 from vtx.vmx import vmcs as vmcs_access
 from vtx.vmx.capabilities import Capabilities
-from vtx.vmx.entry import EntryContext, evaluate_vm_entry
+from vtx.vmx.entry import EntryContext, evaluate_vm_entry_after
 from vtx.vmx.eptp import is_valid_eptp
 from vtx.vmx.operation import (
     INVALID_POINTER,
@@ -83,11 +84,13 @@ def vmsucceed(state: LogicalProcessor, value: int | None = None) -> Step:
     return _flags(state, outcome), outcome
 
 
+@checked
 def vmfail_invalid(state: LogicalProcessor) -> Step:
     outcome = VmFailInvalid()
     return _flags(state, outcome), outcome
 
 
+@checked
 def vmfail(state: LogicalProcessor, error: VmInstructionError) -> Step:
     """VMfailValid(error) if there is a current VMCS (storing the error in it), else VMfailInvalid."""
     if not state.has_current_vmcs:
@@ -97,6 +100,7 @@ def vmfail(state: LogicalProcessor, error: VmInstructionError) -> Step:
     return _flags(state.with_region(state.current_vmcs, vmcs), outcome), outcome
 
 
+@checked
 def vm_exit(state: LogicalProcessor, caps: Capabilities, instruction: str) -> Step:
     """The instruction causes a VM exit with its basic exit reason (SDM Vol. 3C §27.1.2
     "Instructions That Cause VM Exits Unconditionally")."""
@@ -126,6 +130,7 @@ def _prologue(state: LogicalProcessor, caps: Capabilities, instruction: str) -> 
 # ----------------------------------------------------------------------------- VMXON / VMXOFF
 
 
+@checked
 def vmxon(state: LogicalProcessor, caps: Capabilities, pointer: int) -> Step:
     """Enter VMX root operation with the VMXON region at ``pointer``."""
     # IF (register operand) or (CR0.PE = 0) or (CR4.VMXE = 0) or (RFLAGS.VM = 1) or
@@ -157,6 +162,7 @@ def vmxon(state: LogicalProcessor, caps: Capabilities, pointer: int) -> Step:
     return vmfail(state, get_error("VMXON_IN_VMX_ROOT_OPERATION"))
 
 
+@checked
 def vmxoff(state: LogicalProcessor, caps: Capabilities) -> Step:
     """Leave VMX operation."""
     if (early := _prologue(state, caps, "vmxoff")) is not None:
@@ -171,6 +177,7 @@ def vmxoff(state: LogicalProcessor, caps: Capabilities) -> Step:
 # ----------------------------------------------------------------------------- VMCLEAR / VMPTRLD / VMPTRST
 
 
+@checked
 def vmclear(state: LogicalProcessor, caps: Capabilities, pointer: int) -> Step:
     """Make the VMCS at ``pointer`` clear (its data written to memory) and, if it is current,
     invalidate the current-VMCS pointer."""
@@ -187,6 +194,7 @@ def vmclear(state: LogicalProcessor, caps: Capabilities, pointer: int) -> Step:
     return vmsucceed(new)
 
 
+@checked
 def vmptrld(state: LogicalProcessor, caps: Capabilities, pointer: int) -> Step:
     """Make the VMCS at ``pointer`` the current VMCS."""
     if (early := _prologue(state, caps, "vmptrld")) is not None:
@@ -208,6 +216,7 @@ def vmptrld(state: LogicalProcessor, caps: Capabilities, pointer: int) -> Step:
     return vmsucceed(attrs.evolve(new, current_vmcs=pointer))
 
 
+@checked
 def vmptrst(state: LogicalProcessor, caps: Capabilities) -> Step:
     """Store the current-VMCS pointer (the outcome's value is what is stored)."""
     if (early := _prologue(state, caps, "vmptrst")) is not None:
@@ -255,6 +264,7 @@ def _field_access(state: LogicalProcessor, caps: Capabilities, encoding: int, in
     return vmfail_invalid(state) if target is None else target
 
 
+@checked
 def vmread(state: LogicalProcessor, caps: Capabilities, encoding: int, *, operand_bits: int = 64) -> Step:
     """Read a VMCS field (the outcome's value)."""
     target = _field_access(state, caps, encoding, "vmread", "VMREAD_BITMAP")
@@ -266,6 +276,7 @@ def vmread(state: LogicalProcessor, caps: Capabilities, encoding: int, *, operan
     return vmsucceed(state, outcome.value)
 
 
+@checked
 def vmwrite(state: LogicalProcessor, caps: Capabilities, encoding: int, value: int, *,
             operand_bits: int = 64) -> Step:
     """Write a VMCS field."""
@@ -310,7 +321,8 @@ def _vm_entry(state: LogicalProcessor, caps: Capabilities, instruction: str) -> 
     if instruction == "vmresume" and vmcs.launch_state is not LaunchState.LAUNCHED:
         return vmfail(state, get_error("VMRESUME_NONLAUNCHED_VMCS"))
     # Check settings of VMX controls and host-state area; load guest state; load MSRs (chapter 28)
-    verdict = evaluate_vm_entry(vmcs, caps, EntryContext.from_processor(state, instruction))
+    # (incremental: only the checks that read what changed since this VMCS's last entry run again)
+    verdict = evaluate_vm_entry_after(state.current_vmcs, vmcs, caps, EntryContext.from_processor(state, instruction))
     if isinstance(verdict.outcome, VmFailValid):
         return vmfail(state, verdict.outcome.error)
     if isinstance(verdict.outcome, VmEntryFailed):
@@ -322,11 +334,13 @@ def _vm_entry(state: LogicalProcessor, caps: Capabilities, instruction: str) -> 
     return load_guest_state(state, vmcs, launch=instruction == "vmlaunch"), VmEntered()
 
 
+@checked
 def vmlaunch(state: LogicalProcessor, caps: Capabilities) -> Step:
     """Launch the guest of the current (clear) VMCS."""
     return _vm_entry(state, caps, "vmlaunch")
 
 
+@checked
 def vmresume(state: LogicalProcessor, caps: Capabilities) -> Step:
     """Resume the guest of the current (launched) VMCS."""
     return _vm_entry(state, caps, "vmresume")
@@ -350,6 +364,7 @@ _INVVPID_TYPES = {0: "invvpid_individual_address", 1: "invvpid_single_context", 
                   3: "invvpid_single_context_retaining_globals"}
 
 
+@checked
 def invept(state: LogicalProcessor, caps: Capabilities, invept_type: int, descriptor: int) -> Step:
     """Invalidate EPT-derived translations. ``descriptor`` is the 128-bit INVEPT descriptor (EPTP
     in bits 63:0). What is invalidated is the TLB model's business; this is the instruction."""
@@ -367,6 +382,7 @@ def invept(state: LogicalProcessor, caps: Capabilities, invept_type: int, descri
     return vmsucceed(state)
 
 
+@checked
 def invvpid(state: LogicalProcessor, caps: Capabilities, invvpid_type: int, descriptor: int) -> Step:
     """Invalidate VPID-tagged translations. ``descriptor`` is the 128-bit INVVPID descriptor: VPID in
     bits 15:0, bits 63:16 reserved, the linear address in bits 127:64."""
@@ -395,6 +411,7 @@ def invvpid(state: LogicalProcessor, caps: Capabilities, invvpid_type: int, desc
 # ----------------------------------------------------------------------------- VMCALL / VMFUNC
 
 
+@checked
 def vmcall(state: LogicalProcessor, caps: Capabilities) -> Step:
     """Call the VM monitor: a VM exit in non-root operation; in root operation, activate the
     dual-monitor treatment of SMIs and SMM (SDM Vol. 3C, "Activating the Dual-Monitor Treatment")
@@ -433,6 +450,7 @@ def vmcall(state: LogicalProcessor, caps: Capabilities) -> Step:
     return vmsucceed(attrs.evolve(state, dual_monitor_active=True))
 
 
+@checked
 def vmfunc(state: LogicalProcessor, caps: Capabilities, function: int, argument: int) -> Step:
     """Invoke VM function ``function`` (EAX) with ``argument`` (ECX). Only non-root operation with
     "enable VM functions" may execute it; a function the VM-function controls do not enable, or

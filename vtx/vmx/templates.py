@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from vtx import spec
 from vtx.errors import InputError
 from vtx.spec import get_control, reg_bit
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.eptp import EPTP
 from vtx.vmx.operation import INVALID_POINTER
@@ -119,6 +120,7 @@ def _eptp(caps: Capabilities) -> int:
     return EPTP.walk_length_minus_1.put(eptp, 4 - 1)
 
 
+@checked
 def build_template(name: str, caps: Capabilities, *, features: Iterable[str] = ()) -> Vmcs:
     """The template ``name`` for ``caps`` with the secondary ``features`` (control names) turned on."""
     if name not in TEMPLATES:

@@ -9,7 +9,9 @@ VM-entry failures (§28.8). The MSRs, segments and fixed values come from ``spec
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import attrs
 
@@ -19,6 +21,7 @@ from vtx.errors import InputError, NotEvaluable, SpecError
 from vtx.guest_ops import InterruptWindow, NmiWindow, PreemptionTimer
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
 from vtx.spec import VMCS_FIELDS, Control, ExitReason, VmcsField, get_control, get_exit_reason, reg_bit
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import EntryContext
 from vtx.vmx.entry.msr_load import (
@@ -170,13 +173,15 @@ _MTF_VECTOR: int = _T.data["event_injection"]["pending_mtf_vector"]
 _SEGMENT_BASE_MSRS = {MSR_INDICES[f"IA32_{n}_BASE"]: n for n in ("FS", "GS")}
 
 
+_CONTROL_MASKS = {(c.field, c.name): c.mask for c in spec.CONTROLS}
+
+
 def _on(rule: Rule, controls: int) -> bool:
     """Whether ``rule`` applies under the control-field value ``controls``."""
-    if rule is None or rule == _CLEAR:
-        return False
-    if isinstance(rule, str):
-        return True
-    return bool(controls & rule.mask)
+    if rule is None or rule.__class__ is str:
+        return rule is not None and rule != _CLEAR
+    assert isinstance(rule, Control)
+    return bool(controls & _CONTROL_MASKS[rule.field, rule.name])
 
 
 def _keep(old: int, new: int, keep: int) -> int:
@@ -186,6 +191,7 @@ def _keep(old: int, new: int, keep: int) -> int:
 # ----------------------------------------------------------------------------- MSR values
 
 
+@checked
 def read_msr(state: LogicalProcessor, index: int) -> int:
     """The current value of MSR ``index`` (IA32_EFER is ``state.efer``, IA32_FS_BASE / IA32_GS_BASE the
     segment bases); NotEvaluable for an MSR whose value ``state.msrs`` does not hold."""
@@ -199,14 +205,22 @@ def read_msr(state: LogicalProcessor, index: int) -> int:
 
 
 def _write_msrs(state: LogicalProcessor, values: Mapping[int, int]) -> LogicalProcessor:
-    msrs = dict(state.msrs)
-    efer = state.efer
+    if not values:
+        return state
+    return state.replace(**_written_msrs(state.msrs, state.efer, values))
+
+
+def _written_msrs(msrs: Mapping[int, int], efer: int, values: Mapping[int, int]) -> dict[str, Any]:
+    """The processor's ``msrs`` and ``efer`` after WRMSR of ``values`` in order (IA32_EFER is its own attribute)."""
+    if not values:
+        return {"msrs": msrs, "efer": efer}
+    written = dict(msrs)
     for index, value in values.items():
         if index == EFER_INDEX:
             efer = value
         else:
-            msrs[index] = value
-    return attrs.evolve(state, msrs=msrs, efer=efer)
+            written[index] = value
+    return {"msrs": written, "efer": efer}
 
 
 def _msr_area(state: LogicalProcessor, address: int, count: int) -> Iterator[MsrLoadEntry]:
@@ -220,6 +234,7 @@ def _msr_area(state: LogicalProcessor, address: int, count: int) -> Iterator[Msr
 _LOAD_REFUSALS = (refuses_fs_gs_base, refuses_x2apic, refuses_smm_only, refuses_model_specific, refuses_reserved_bits)
 
 
+@checked
 def exit_msr_load_refusal(entry: MsrLoadEntry, caps: Capabilities, state: LogicalProcessor) -> str | None:
     """Why a VM exit cannot load the entry of its VM-exit MSR-load area (§29.6: the VM-entry rules of
     §28.4, with the exit ending outside SMM unless ``state.in_smm``), or None."""
@@ -230,6 +245,7 @@ def exit_msr_load_refusal(entry: MsrLoadEntry, caps: Capabilities, state: Logica
     return wrmsr_fault(entry.index, entry.data, caps)
 
 
+@checked
 def exit_msr_store_refusal(entry: MsrLoadEntry, caps: Capabilities, state: LogicalProcessor) -> str | None:
     """Why a VM exit cannot store the MSR an entry of its VM-exit MSR-store area names (§29.4: an
     x2APIC MSR, IA32_SMBASE, bits 63:32 of the entry not 0), or None; NotEvaluable where vtx does not
@@ -261,8 +277,22 @@ def _abort(state: LogicalProcessor, vmcs: Vmcs, indicator: str) -> LogicalProces
 
 
 def _guest_segments(vmcs: Vmcs) -> dict[str, Segment]:
-    return {s.name: Segment(vmcs.get(s.selector) if s.selector else 0, vmcs.get(s.base), vmcs.get(s.limit),
-                            vmcs.get(s.ar) if s.ar else 0) for s in SEGMENTS}
+    return dict(_segment_registers(tuple(map(vmcs.get, _GUEST_SEGMENT_FIELDS))))
+
+
+_GUEST_SEGMENT_FIELDS = tuple(f for s in SEGMENTS for f in (s.selector, s.base, s.limit, s.ar) if f is not None)
+"""The selector, base, limit and access-rights fields of each register of :data:`SEGMENTS` (GDTR and IDTR
+have base and limit only), in that order."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _segment_registers(values: tuple[int, ...]) -> dict[str, Segment]:
+    """The registers of :data:`SEGMENTS` holding ``values`` (of :data:`_GUEST_SEGMENT_FIELDS`; a register
+    without a selector or access-rights field has 0 there), built once per distinct value (a guest's
+    segments seldom change); callers copy the dict."""
+    value = iter(values)
+    return {s.name: Segment(next(value) if s.selector else 0, next(value), next(value), next(value) if s.ar else 0)
+            for s in SEGMENTS}
 
 
 def _after_entry(state: LogicalProcessor, vmcs: Vmcs) -> tuple[Vmcs, AfterEntry]:
@@ -298,6 +328,7 @@ def _after_entry(state: LogicalProcessor, vmcs: Vmcs) -> tuple[Vmcs, AfterEntry]
     return vmcs, AfterEntry()
 
 
+@checked
 def load_guest_state(state: LogicalProcessor, vmcs: Vmcs, *, launch: bool) -> LogicalProcessor:
     """Enter VMX non-root operation after the checks passed (SDM Vol. 3C §28.3.2 "Loading Guest
     State"): CR0, CR3, CR4, DR7 and IA32_DEBUGCTL (with "load debug controls"), the SYSENTER MSRs,
@@ -316,10 +347,13 @@ def load_guest_state(state: LogicalProcessor, vmcs: Vmcs, *, launch: bool) -> Lo
     if launch:
         vmcs = attrs.evolve(vmcs, launch_state=LaunchState.LAUNCHED)
     interruptibility = vmcs.get(_F["GUEST_INTERRUPTIBILITY_INFO"])
+    # the MSRs of the "load" controls, then the VM-entry MSR-load area (a later write wins)
     msrs = {m.index: vmcs.get(m.guest) for m in MSR_TRANSFERS if _on(m.entry_load, entry)}
-    state = attrs.evolve(
-        state, mode=VmxMode.NON_ROOT, cr0=vmcs.get(_F["GUEST_CR0"]), cr3=vmcs.get(_F["GUEST_CR3"]),
-        cr4=vmcs.get(_F["GUEST_CR4"]), efer=efer, dr7=vmcs.get(_F["GUEST_DR7"]) if entry & _ENTRY_LOAD_DEBUG
+    msrs |= {e.index: e.data for e in _msr_area(state, vmcs.get(_F["VM_ENTRY_MSR_LOAD_ADDR"]),
+                                                vmcs.get(_F["VM_ENTRY_MSR_LOAD_COUNT"]))}
+    state = state.replace(
+        mode=VmxMode.NON_ROOT, cr0=vmcs.get(_F["GUEST_CR0"]), cr3=vmcs.get(_F["GUEST_CR3"]),
+        cr4=vmcs.get(_F["GUEST_CR4"]), dr7=vmcs.get(_F["GUEST_DR7"]) if entry & _ENTRY_LOAD_DEBUG
         else state.dr7, rflags=vmcs.get(_F["GUEST_RFLAGS"]), rip=vmcs.get(_F["GUEST_RIP"]),
         rsp=vmcs.get(_F["GUEST_RSP"]), cpl=_AR_DPL.get(vmcs.get(_F["GUEST_SS_AR_BYTES"])),
         cs_l=bool(vmcs.get(_F["GUEST_CS_AR_BYTES"]) & _AR_L), segments=_guest_segments(vmcs),
@@ -327,13 +361,9 @@ def load_guest_state(state: LogicalProcessor, vmcs: Vmcs, *, launch: bool) -> Lo
         activity_state=vmcs.get(_F["GUEST_ACTIVITY_STATE"]),
         pending_debug_exceptions=vmcs.get(_F["GUEST_PENDING_DBG_EXCEPTIONS"]),
         preemption_timer=vmcs.get(_F["VMX_PREEMPTION_TIMER_VALUE"]) if is_set(vmcs, _TIMER)
-        else state.preemption_timer)
-    state = _write_msrs(state, msrs)
-    loads = {e.index: e.data for e in _msr_area(state, vmcs.get(_F["VM_ENTRY_MSR_LOAD_ADDR"]),
-                                                vmcs.get(_F["VM_ENTRY_MSR_LOAD_COUNT"]))}
-    state = _write_msrs(state, loads)
+        else state.preemption_timer, **_written_msrs(state.msrs, efer, msrs))
     vmcs, after = _after_entry(state, vmcs)
-    return attrs.evolve(state, after_entry=after, regions={**state.regions, state.current_vmcs: vmcs})
+    return state.replace(after_entry=after, regions={**state.regions, state.current_vmcs: vmcs})
 
 
 # ----------------------------------------------------------------------------- VM exit
@@ -343,6 +373,7 @@ def _interruptibility(state: LogicalProcessor) -> int:
     return (state.interruptibility & ~_BLOCKING_MOV_SS) | (_BLOCKING_MOV_SS if state.blocking_by_mov_ss else 0)
 
 
+@checked
 def save_guest_state(state: LogicalProcessor, vmcs: Vmcs) -> Vmcs:
     """The guest-state area after a VM exit (SDM Vol. 3C §29.3 "Saving Guest State"): CR0, CR3, CR4,
     the SYSENTER MSRs, DR7 and IA32_DEBUGCTL with "save debug controls", IA32_PAT / IA32_EFER /
@@ -374,6 +405,7 @@ def save_guest_state(state: LogicalProcessor, vmcs: Vmcs) -> Vmcs:
     return vmcs
 
 
+@checked
 def store_msrs(state: LogicalProcessor, caps: Capabilities, vmcs: Vmcs) -> PhysicalMemory | None:
     """Memory after the VM-exit MSR-store area is written (§29.4 "Saving MSRs": bits 127:64 of each
     entry receive the MSR that bits 31:0 name, in order), or None if an entry cannot be stored (the
@@ -393,10 +425,16 @@ def _host_segments(vmcs: Vmcs, host64: bool) -> dict[str, Segment]:
     unusable; CS, SS, DS, ES bases 0, FS, GS, TR, GDTR, IDTR bases from the host fields; limits and
     access rights fixed (CS.L = "host address-space size", CS.D/B its inverse). UNSURE: what the SDM
     leaves undefined for an unusable segment (base, limit, other access rights) is 0 here."""
+    fields = tuple((vmcs.get(s.host_selector) if s.host_selector else 0, vmcs.get(s.host_base) if s.host_base else 0)
+                   for s in SEGMENTS)
+    return dict(_host_segment_registers(fields, host64))
+
+
+@functools.lru_cache(maxsize=256)
+def _host_segment_registers(fields: tuple[tuple[int, int], ...], host64: bool) -> dict[str, Segment]:
+    """:func:`_host_segments` from the (selector, base) host fields of each register, once per distinct value."""
     segments = {}
-    for s in SEGMENTS:
-        selector = vmcs.get(s.host_selector) if s.host_selector else 0
-        base = vmcs.get(s.host_base) if s.host_base else 0
+    for s, (selector, base) in zip(SEGMENTS, fields, strict=True):
         if s.host_ar is None:
             ar = _AR_UNUSABLE if s.ar is not None else 0
         elif selector == 0 and s.host_ar == "data":
@@ -411,6 +449,7 @@ def _host_segments(vmcs: Vmcs, host64: bool) -> dict[str, Segment]:
     return segments
 
 
+@checked
 def load_host_state(state: LogicalProcessor, caps: Capabilities, vmcs: Vmcs, reason: ExitReason, *,
                     qualification: int = 0,
                     entry_failure: bool = False, info: ExitInfo | None = None) -> LogicalProcessor:
@@ -435,7 +474,7 @@ def _load_host(state: LogicalProcessor, caps: Capabilities, vmcs: Vmcs, reason: 
     """:func:`load_host_state`; a VMX abort leaves the VMCS data as ``unmodified`` (before the exit)."""
     exit_ctls = vmcs.get(_F["VM_EXIT_CONTROLS"])
     host64 = bool(exit_ctls & _EXIT_HOST_64)
-    if info is not None and (info.reason != reason or entry_failure):
+    if info is not None and (info.reason.number != reason.number or entry_failure):  # (a number names a reason)
         raise InputError("info", str(info), f"must describe a true VM exit with basic reason {reason.number}")
     if state.is_ia32e_mode and not host64:
         return _abort(state, unmodified, "host_address_space")
@@ -457,13 +496,12 @@ def _load_host(state: LogicalProcessor, caps: Capabilities, vmcs: Vmcs, reason: 
         vmcs = record_exit(vmcs, info)
     msrs = {m.index: (vmcs.get(m.host) if m.host is not None else 0) for m in MSR_TRANSFERS
             if m.exit_load == _CLEAR or _on(m.exit_load, exit_ctls)}
-    host = attrs.evolve(
-        state, mode=VmxMode.ROOT, cpl=0, cr0=cr0, cr3=vmcs.get(_F["HOST_CR3"]), cr4=cr4, efer=efer, dr7=HOST_DR7,
+    host = state.replace(
+        mode=VmxMode.ROOT, cpl=0, cr0=cr0, cr3=vmcs.get(_F["HOST_CR3"]), cr4=cr4, dr7=HOST_DR7,
         rflags=_RFLAGS_FIXED1, rip=vmcs.get(_F["HOST_RIP"]), rsp=vmcs.get(_F["HOST_RSP"]), cs_l=host64,
         segments=_host_segments(vmcs, host64), blocking_by_mov_ss=False,
         interruptibility=state.interruptibility & _BLOCKING_NMI, activity_state=0, pending_debug_exceptions=0,
-        after_entry=None, regions={**state.regions, state.current_vmcs: vmcs})
-    host = _write_msrs(host, msrs)
+        after_entry=None, regions={**state.regions, state.current_vmcs: vmcs}, **_written_msrs(state.msrs, efer, msrs))
     loads = {}
     for entry in _msr_area(host, vmcs.get(_F["VM_EXIT_MSR_LOAD_ADDR"]), vmcs.get(_F["VM_EXIT_MSR_LOAD_COUNT"])):
         if exit_msr_load_refusal(entry, caps, host) is not None:
@@ -472,6 +510,7 @@ def _load_host(state: LogicalProcessor, caps: Capabilities, vmcs: Vmcs, reason: 
     return _write_msrs(host, loads)
 
 
+@checked
 def vm_exit(state: LogicalProcessor, caps: Capabilities, info: ExitInfo) -> LogicalProcessor:
     """A VM exit from VMX non-root operation with ``info`` (SDM Vol. 3C chapter 29): record the exit
     information and clear the valid bit of the VM-entry interruption-information field (§29.2), save
@@ -486,6 +525,6 @@ def vm_exit(state: LogicalProcessor, caps: Capabilities, info: ExitInfo) -> Logi
     memory = store_msrs(state, caps, vmcs)
     if memory is None:
         return _abort(state, original, "save_msrs")
-    state = attrs.evolve(state, memory=memory, regions={**state.regions, state.current_vmcs: vmcs})
+    state = state.replace(memory=memory, regions={**state.regions, state.current_vmcs: vmcs})
     return _load_host(state, caps, vmcs, info.reason, qualification=0, entry_failure=False, info=info,
                       unmodified=original)

@@ -23,6 +23,7 @@ from vtx.errors import InputError, NotEvaluable
 from vtx.inputs import shown
 from vtx.outcomes import VmFailValid, VmSucceed
 from vtx.spec import ENCODING, REGION, VMCS_FIELDS, VmcsField, get_error
+from vtx.typecheck import argument_error, checked
 from vtx.vmx.capabilities import Capabilities
 
 
@@ -91,39 +92,51 @@ class Vmcs:
 
     def get(self, field: VmcsField) -> int:
         """The full value of ``field``."""
-        g, i = _SLOT[field.encoding]
+        try:
+            g, i = _SLOT[field.encoding]
+        except AttributeError:  # the check costs nothing until it fails: this is the hottest read of vtx
+            raise argument_error("Vmcs.get", "field", field, "VmcsField") from None
         return self.values[g][i]
 
     def __getitem__(self, ref: str | int) -> int:
-        return self.get(VMCS_FIELDS.field(ref))
+        return self.get(_field_of(ref))
 
     def set(self, field: VmcsField, value: int) -> Vmcs:
         """A copy with ``field`` set to ``value``, which must fit the field."""
-        if value.__class__ is int and 0 <= value <= _FIELD_MASK[field.encoding]:  # fast path: a fitting int
-            return self._replace(field, value)
+        try:
+            if value.__class__ is int and 0 <= value <= _FIELD_MASK[field.encoding]:  # fast path: a fitting int
+                return self._replace(field, value)
+        except AttributeError:
+            raise argument_error("Vmcs.set", "field", field, "VmcsField") from None
         return self._replace(field, _fit(field, value))
 
     def _replace(self, field: VmcsField, value: int) -> Vmcs:
         """A copy with ``field`` set to ``value`` (already known to fit): only the field's group is copied."""
         g, i = _SLOT[field.encoding]
+        return self._replace_slot(g, i, value)
+
+    def _replace_slot(self, g: int, i: int, value: int) -> Vmcs:
+        """A copy with the field at ``values[g][i]`` set to ``value`` (known to fit). The copy is made
+        without ``__init__`` (whose converters the unchanged header has passed), through the slots."""
         group = list(self.values[g])
         group[i] = value
         values = list(self.values)
         values[g] = tuple(group)
-        new = object.__new__(Vmcs)
-        _set_attribute(new, "revision_id", self.revision_id)
-        _set_attribute(new, "shadow", self.shadow)
-        _set_attribute(new, "abort_indicator", self.abort_indicator)
-        _set_attribute(new, "launch_state", self.launch_state)
-        _set_attribute(new, "values", tuple(values))
+        new = _new_vmcs(Vmcs)
+        _set_revision_id(new, self.revision_id)
+        _set_shadow(new, self.shadow)
+        _set_abort_indicator(new, self.abort_indicator)
+        _set_launch_state(new, self.launch_state)
+        _set_values(new, tuple(values))
         return new
 
+    @checked
     def with_fields(self, fields: FieldValues) -> Vmcs:
         """A copy with several fields set (same input rules as :meth:`from_fields`)."""
         vmcs = self
         for ref, raw in fields.items():
-            field = VMCS_FIELDS.field(ref)
-            vmcs = vmcs._replace(field, _fit(field, raw))
+            field = _field_of(ref)
+            vmcs = vmcs.set(field, raw) if type(raw) is int else vmcs._replace(field, _fit(field, raw))
         return vmcs
 
     def nonzero_fields(self) -> dict[str, int]:
@@ -131,9 +144,22 @@ class Vmcs:
         return {f.name: v for f in VMCS_FIELDS if (v := self.get(f))}
 
 
-_set_attribute = object.__setattr__
+_new_vmcs = object.__new__
+# The slot descriptors' setters: what object.__setattr__ calls, without its look-up (a frozen class's own
+# __setattr__ refuses every write).
+_set_revision_id, _set_shadow, _set_abort_indicator, _set_launch_state, _set_values = (
+    Vmcs.__dict__[name].__set__ for name in ("revision_id", "shadow", "abort_indicator", "launch_state", "values"))
 if tuple(a.name for a in attrs.fields(Vmcs)) != ("revision_id", "shadow", "abort_indicator", "launch_state", "values"):
-    raise AssertionError("Vmcs._replace copies the header attributes by name: keep it in step with the class")
+    raise AssertionError("Vmcs._replace_slot copies the header attributes by name: keep it in step with the class")
+
+
+_BY_NAME = {f.name: f for f in VMCS_FIELDS}
+
+
+def _field_of(ref: str | int) -> VmcsField:
+    """``VMCS_FIELDS.field(ref)``, with a field's exact Linux name looked up first (the common case)."""
+    field = _BY_NAME.get(ref) if ref.__class__ is str else None
+    return VMCS_FIELDS.field(ref) if field is None else field
 
 
 def slot(field: VmcsField) -> tuple[int, int]:
@@ -222,6 +248,7 @@ def _access(caps: Capabilities, encoding: int, operand_bits: int) -> _Access | N
     return access if supported else None
 
 
+@checked
 def vmread(vmcs: Vmcs, caps: Capabilities, encoding: int, *, operand_bits: int = 64) -> VmSucceed | VmFailValid:
     """VMREAD from the current VMCS: the field's value zero-extended (or truncated) to the
     operand size, or VMfailValid(12) if the encoding names no supported VMCS component."""
@@ -234,6 +261,7 @@ def vmread(vmcs: Vmcs, caps: Capabilities, encoding: int, *, operand_bits: int =
     return VmSucceed(value & _OPERAND_MASK[operand_bits])
 
 
+@checked
 def vmwrite(vmcs: Vmcs, caps: Capabilities, encoding: int, value: int, *,
             operand_bits: int = 64) -> tuple[Vmcs, VmSucceed | VmFailValid]:
     """VMWRITE to the current VMCS.
@@ -260,4 +288,4 @@ def vmwrite(vmcs: Vmcs, caps: Capabilities, encoding: int, value: int, *,
         new = (source & _LOW_HALF) << _HIGH_SHIFT | low
     else:
         new = source & access.field_mask
-    return vmcs._replace(field, new), _SUCCEED
+    return vmcs._replace_slot(access.group, access.index, new), _SUCCEED

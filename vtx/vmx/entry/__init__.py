@@ -24,8 +24,9 @@ that setting; and after VMWRITEs, :func:`evaluate_vm_entry_incremental` (or
 from __future__ import annotations
 
 import functools
+import operator
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 
 import attrs
 
@@ -34,6 +35,7 @@ from vtx.conditions import ControlAllowed
 from vtx.errors import NotEvaluable, SpecError
 from vtx.outcomes import VmEntryFailed, VmFailValid
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry.catalogue import ENTRY_CHECKS, EntryCheckSpec
 from vtx.vmx.entry.common import ControlFlag, control_flag
@@ -76,13 +78,19 @@ class EntryContext:
                    current_vmcs=state.current_vmcs if state.has_current_vmcs else None,
                    regions=state.regions, memory=state.memory)
 
+    @checked
     def read_int(self, address: int, size: int) -> int:
         """``size`` bytes of physical memory at ``address``, little-endian."""
         return self.memory.read_int(HostPhysAddr(address), size)
 
+    @checked
     def region_header(self, address: int) -> int:
         """The first 32 bits of the region at ``address`` (revision identifier and bit 31)."""
         return region_header(self.regions, self.memory, address)
+
+
+_DEFAULT_CONTEXT = EntryContext()
+"""The context of an evaluation given none (a frozen value, so one instance serves every call)."""
 
 
 @attrs.frozen
@@ -190,6 +198,7 @@ _UNKNOWN_SEPARATOR = ": "
 """Between the check id and the reason in :attr:`EntryVerdict.not_evaluable` (ids never contain it)."""
 
 
+@checked
 def evaluate_every_check(vmcs: Vmcs, caps: Capabilities, context: EntryContext | None = None) -> EntryVerdict:
     """Run every registered check, applicable or not; the reference :func:`evaluate_vm_entry` equals."""
     ctx = context or EntryContext()
@@ -200,23 +209,21 @@ def evaluate_every_check(vmcs: Vmcs, caps: Capabilities, context: EntryContext |
     return _verdict(violations, unknown)
 
 
+@checked
 def evaluate_vm_entry(vmcs: Vmcs, caps: Capabilities, context: EntryContext | None = None) -> EntryVerdict:
     """Run every registered check that applies; report all violations and the outcomes they can produce.
 
     A check whose catalogue row applies only under a VMX control setting (:func:`gates`) is skipped
     while the VMCS does not have that setting: it cannot be violated then."""
-    ctx = context or EntryContext()
+    ctx = _DEFAULT_CONTEXT if context is None else context
     violations: list[Violation] = []
     unknown: list[str] = []
-    values = vmcs.values
-    for check, gate_slots in _plan():
-        if gate_slots and not _gates_hold(values, gate_slots):
-            continue
+    for row, fn in _applicable(vmcs, ctx):
         try:  # _run, inlined: this loop is the hot path of every VM entry
-            for found in check.fn(vmcs, caps, ctx):
-                violations.append(_violation(check.spec, found))
+            for found in fn(vmcs, caps, ctx):
+                violations.append(_violation(row, found))
         except NotEvaluable as e:
-            unknown.append(f"{check.spec.id}{_UNKNOWN_SEPARATOR}{e}")
+            unknown.append(f"{row.id}{_UNKNOWN_SEPARATOR}{e}")
     return _verdict(violations, unknown)
 
 
@@ -248,14 +255,15 @@ def _register_reserved_bit_check(cf: spec.ControlField) -> None:
     """Reserved bits of a control field are set as its capability MSR requires (Appendix A). The
     secondary, tertiary and secondary VM-exit controls are checked only when the VMCS activates
     them (the "activate secondary controls" / "activate tertiary controls" bits)."""
-    gates = [(spec.CONTROL_FIELDS[t.field].vmcs_field, spec.get_control(t.field, t.control).mask)
-             for t in cf.enabled_by.terms if isinstance(t, ControlAllowed)]
+    gates = tuple((spec.CONTROL_FIELDS[t.field].vmcs_field, spec.get_control(t.field, t.control).mask)
+                  for t in cf.enabled_by.terms if isinstance(t, ControlAllowed))
+    field, key = cf.vmcs_field, cf.key
 
     def check(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
-        if gates and not any(vmcs.get(field) & bit for field, bit in gates):
+        if gates and not any(vmcs.get(activator) & bit for activator, bit in gates):
             return
-        value = vmcs.get(cf.vmcs_field)
-        a0, a1 = caps.allowed0(cf.key), caps.allowed1(cf.key)
+        value = vmcs.get(field)
+        a0, a1 = caps.allowed_settings(key)
         if a0 is None or a1 is None:
             raise NotEvaluable(cf.vmcs_field.name, "reserved bits", f"the profile lacks {caps.control_msr(cf.key)}")
         if value & a0 != a0:
@@ -282,11 +290,18 @@ from vtx.vmx.entry import (  # noqa: E402
     msr_load,
     smm,
 )
+from vtx.vmx.entry.applicability import (  # noqa: E402
+    Condition,
+    ConditionSlots,
+    condition_slots,
+    conditions,
+    conditions_holding,
+)
 
 # ----------------------------------------------------------------------------- applicability gates
 
-_CONTROL_TERM = re.compile(r"the '(?P<title>[^']+)' (?:(?P<kind>VM-entry|VM-exit|secondary VM-exit) )?"
-                           r"control is (?P<value>[01])")
+_CONTROL_TERM = re.compile(r"(?:the )?'(?P<title>[^']+)' (?:(?P<kind>VM-entry|VM-exit|secondary VM-exit) )?"
+                           r"(?:control )?is (?P<value>[01])")
 _TERM_FIELDS = {"VM-entry": ("entry",), "VM-exit": ("exit",), "secondary VM-exit": ("exit2",),
                 None: ("pin", "proc", "proc2", "proc3")}
 """Which control fields a control named in ``applies_if`` may belong to: "the 'X' VM-entry control" is a
@@ -302,6 +317,7 @@ class Gate:
     flag: ControlFlag
     value: bool
 
+    @checked
     def holds(self, vmcs: Vmcs) -> bool:
         """Whether ``vmcs`` gives the control the value the rule applies under."""
         return self.flag.on(vmcs) is self.value
@@ -353,7 +369,44 @@ def _gates_hold(values: tuple[tuple[int, ...], ...], gate_slots: GateSlots) -> b
     return True
 
 
-Plan = tuple[tuple[RegisteredCheck, GateSlots], ...]
+@attrs.frozen
+class PlannedCheck:
+    """A registered check with what its catalogue row applies under: its gates (as :data:`GateSlots`) and
+    the positions of its field and processor-state conditions in :data:`Plan`'s condition list."""
+
+    check: RegisteredCheck
+    gate_slots: GateSlots
+    condition_bits: int
+
+    def applies(self, values: tuple[tuple[int, ...], ...], condition_values: int) -> bool:
+        """Whether every gate holds and every condition is true (``condition_values``: bit n is condition n)."""
+        if self.condition_bits & ~condition_values:
+            return False
+        return not self.gate_slots or _gates_hold(values, self.gate_slots)
+
+
+@attrs.frozen
+class Plan:
+    """The registered checks in registry order with their gates and conditions, and every distinct
+    condition they name."""
+
+    checks: tuple[PlannedCheck, ...]
+    conditions: tuple[Condition, ...]
+    condition_slots: tuple[ConditionSlots, ...]
+
+    @classmethod
+    def of(cls, registry: tuple[RegisteredCheck, ...]) -> Plan:
+        distinct = tuple(dict.fromkeys(c for r in registry for c in conditions(r.spec)))
+        position = {c: n for n, c in enumerate(distinct)}
+        checks = tuple(PlannedCheck(r, _gate_slots(gates(r.spec)), sum(1 << position[c] for c in conditions(r.spec)))
+                       for r in registry)
+        return cls(checks, distinct, tuple(map(condition_slots, distinct)))
+
+    def condition_values(self, vmcs: Vmcs, ctx: EntryContext) -> int:
+        """Bit n set if condition n holds."""
+        return conditions_holding(self.condition_slots, vmcs, ctx)
+
+
 _plan_cache: dict[int, Plan] = {}
 
 
@@ -361,13 +414,59 @@ def _plan() -> Plan:
     """The registered checks in order, each with its gates (rebuilt if the registry grew)."""
     plan = _plan_cache.get(len(REGISTRY))
     if plan is None:
-        plan = _plan_cache[len(REGISTRY)] = tuple((c, _gate_slots(gates(c.spec))) for c in REGISTRY.values())
+        plan = _plan_cache[len(REGISTRY)] = Plan.of(tuple(REGISTRY.values()))
     return plan
+
+
+Applicable = tuple[tuple[EntryCheckSpec, CheckFn], ...]
+
+
+@attrs.frozen
+class _ApplicableMemo:
+    """Which checks apply is a pure function of the few control fields the gates read (the VM-execution,
+    VM-exit and VM-entry controls) and of the truth of the conditions: the answer for each combination
+    is kept (up to :data:`_MEMO_LIMIT` of them), so a VM entry tests no gate unless its controls are new."""
+
+    plan: Plan
+    gate_slots: tuple[tuple[int, int], ...]
+    known: dict[tuple[int, ...], Applicable] = attrs.field(factory=dict)
+
+    @classmethod
+    def of(cls, plan: Plan) -> _ApplicableMemo:
+        read = {(g, i) for p in plan.checks for act_g, act_i, act_mask, g, i, _, _ in p.gate_slots
+                for g, i in ((g, i), (act_g, act_i) if act_mask else (g, i))}
+        return cls(plan, tuple(sorted(read)))
+
+    def applicable(self, vmcs: Vmcs, ctx: EntryContext) -> Applicable:
+        values = vmcs.values
+        condition_values = self.plan.condition_values(vmcs, ctx)
+        key = (condition_values, *[values[g][i] for g, i in self.gate_slots])
+        found = self.known.get(key)
+        if found is None:
+            if len(self.known) >= _MEMO_LIMIT:
+                self.known.clear()
+            found = self.known[key] = tuple((p.check.spec, p.check.fn) for p in self.plan.checks
+                                            if p.applies(values, condition_values))
+        return found
+
+
+_MEMO_LIMIT = 4096
+_memo_cache: dict[int, _ApplicableMemo] = {}
+
+
+def _applicable(vmcs: Vmcs, ctx: EntryContext) -> Applicable:
+    """The (catalogue row, function) of each registered check that applies to ``vmcs`` entered in ``ctx``, in
+    registry order: those of ``[p for p in _plan().checks if p.applies(...)]`` (tested equal), from a memo."""
+    memo = _memo_cache.get(len(REGISTRY))
+    if memo is None:
+        memo = _memo_cache[len(REGISTRY)] = _ApplicableMemo.of(_plan())
+    return memo.applicable(vmcs, ctx)
 
 
 # ----------------------------------------------------------------------------- incremental evaluation
 
 _VMCS_HEADER = tuple(a.name for a in attrs.fields(Vmcs) if a.name != "values")
+_vmcs_header = operator.attrgetter(*_VMCS_HEADER)
 
 
 @functools.cache
@@ -377,7 +476,8 @@ def _dependents(registry_size: int) -> tuple[dict[str, int], dict[tuple[int, int
     position = {check_id: n for n, check_id in enumerate(REGISTRY)}
     readers: dict[tuple[int, int], set[int]] = {}
     for n, check in enumerate(REGISTRY.values()):
-        names = {*check.spec.fields, *(f for g in gates(check.spec) for f in g.fields())}
+        names = {*check.spec.fields, *(f for g in gates(check.spec) for f in g.fields()),
+                 *(f for c in conditions(check.spec) for f in c.fields())}
         for name in names:
             readers.setdefault(slot(spec.VMCS_FIELDS[name]), set()).add(n)
     return position, {s: frozenset(ns) for s, ns in readers.items()}
@@ -386,12 +486,12 @@ def _dependents(registry_size: int) -> tuple[dict[str, int], dict[tuple[int, int
 def _stale_checks(previous: Vmcs, vmcs: Vmcs) -> set[int] | None:
     """The positions of the checks that read a field whose value differs between ``previous`` and
     ``vmcs``; None if the region header differs (then every check is stale)."""
-    if any(getattr(previous, name) != getattr(vmcs, name) for name in _VMCS_HEADER):
+    if _vmcs_header(previous) != _vmcs_header(vmcs):
         return None
     readers = _dependents(len(REGISTRY))[1]
     stale: set[int] = set()
     for g, (old, new) in enumerate(zip(previous.values, vmcs.values, strict=True)):
-        if old is new:  # a write copies only its own group
+        if old is new or old == new:  # a write copies only its own group
             continue
         for i, (a, b) in enumerate(zip(old, new, strict=True)):
             if a != b:
@@ -399,6 +499,7 @@ def _stale_checks(previous: Vmcs, vmcs: Vmcs) -> set[int] | None:
     return stale
 
 
+@checked
 def evaluate_vm_entry_incremental(previous_vmcs: Vmcs, previous_verdict: EntryVerdict, vmcs: Vmcs,
                                   caps: Capabilities, context: EntryContext | None = None) -> EntryVerdict:
     """:func:`evaluate_vm_entry` of ``vmcs``, given ``previous_verdict`` = ``evaluate_vm_entry(previous_vmcs,
@@ -406,12 +507,44 @@ def evaluate_vm_entry_incremental(previous_vmcs: Vmcs, previous_verdict: EntryVe
     include a field that changed run again; the other checks keep their previous violations and reasons.
     (A check reads only its catalogue fields, the capabilities and the context.) Use
     :class:`EntryEvaluation` to have a change of capabilities or context re-run everything."""
+    ctx = _DEFAULT_CONTEXT if context is None else context
+    return _reevaluate(previous_vmcs, previous_verdict, vmcs, caps, ctx, also_stale=frozenset())
+
+
+_CONTEXT_MEMORY = ("regions", "memory")
+"""The parts of an :class:`EntryContext` that are memory: a check whose catalogue row lists no ``memory``
+term does not read them (audited in tests/vmx/test_entry_incremental.py)."""
+_CONTEXT_STATE = tuple(a.name for a in attrs.fields(EntryContext) if a.name not in _CONTEXT_MEMORY)
+
+
+@functools.cache
+def _memory_readers(registry_size: int) -> frozenset[int]:
+    """The positions of the checks whose rows read memory (a non-empty catalogue ``memory``)."""
+    return frozenset(n for n, check in enumerate(REGISTRY.values()) if check.spec.memory)
+
+
+def _context_change(old: EntryContext, new: EntryContext) -> frozenset[int] | None:
+    """The checks a change of context makes stale: none for the same context, the memory readers when only
+    the memory or the regions differ (compared by identity: they are not searched for the change), None
+    (every check) when the processor state differs."""
+    if old is new:
+        return frozenset()
+    if any(getattr(old, name) != getattr(new, name) for name in _CONTEXT_STATE):
+        return None
+    if all(getattr(old, name) is getattr(new, name) for name in _CONTEXT_MEMORY):
+        return frozenset()
+    return _memory_readers(len(REGISTRY))
+
+
+def _reevaluate(previous_vmcs: Vmcs, previous_verdict: EntryVerdict, vmcs: Vmcs, caps: Capabilities,
+                ctx: EntryContext, *, also_stale: frozenset[int]) -> EntryVerdict:
+    """:func:`evaluate_vm_entry_incremental`, with the checks ``also_stale`` re-run too."""
     stale = _stale_checks(previous_vmcs, vmcs)
     if stale is None:
-        return evaluate_vm_entry(vmcs, caps, context)
+        return evaluate_vm_entry(vmcs, caps, ctx)
+    stale |= also_stale
     if not stale:
         return previous_verdict
-    ctx = context or EntryContext()
     position = _dependents(len(REGISTRY))[0]
     violations = [v for v in previous_verdict.violations if position[v.check.id] not in stale]
     unknown = [u for u in previous_verdict.not_evaluable
@@ -419,12 +552,11 @@ def evaluate_vm_entry_incremental(previous_vmcs: Vmcs, previous_verdict: EntryVe
     new_violations: list[Violation] = []
     new_unknown: list[str] = []
     plan = _plan()
-    values = vmcs.values
+    values, condition_values = vmcs.values, plan.condition_values(vmcs, ctx)
     for n in sorted(stale):
-        check, gate_slots = plan[n]
-        if gate_slots and not _gates_hold(values, gate_slots):
-            continue
-        _run(check, vmcs, caps, ctx, violations=new_violations, unknown=new_unknown)
+        planned = plan.checks[n]
+        if planned.applies(values, condition_values):
+            _run(planned.check, vmcs, caps, ctx, violations=new_violations, unknown=new_unknown)
     if new_violations:  # back into registry order; sorted() is stable, so each check keeps its own order
         violations = sorted(violations + new_violations, key=lambda v: position[v.check.id])
     if new_unknown:
@@ -435,8 +567,9 @@ def evaluate_vm_entry_incremental(previous_vmcs: Vmcs, previous_verdict: EntryVe
 @attrs.frozen
 class EntryEvaluation:
     """A VMCS with its VM-entry verdict under given capabilities and context, to re-check cheaply after
-    VMWRITEs: :meth:`update` re-runs only the checks that read a changed field, and every check when
-    the capabilities or the context change."""
+    VMWRITEs: :meth:`update` re-runs only the checks that read a changed field (and the checks that read
+    memory when the context's memory or regions are other objects), and every check when the capabilities
+    or the processor state change."""
 
     vmcs: Vmcs
     caps: Capabilities
@@ -446,7 +579,7 @@ class EntryEvaluation:
     @classmethod
     def of(cls, vmcs: Vmcs, caps: Capabilities, context: EntryContext | None = None) -> EntryEvaluation:
         """A full evaluation of ``vmcs``."""
-        ctx = context or EntryContext()
+        ctx = _DEFAULT_CONTEXT if context is None else context
         return cls(vmcs, caps, ctx, evaluate_vm_entry(vmcs, caps, ctx))
 
     def update(self, vmcs: Vmcs, caps: Capabilities | None = None,
@@ -454,14 +587,34 @@ class EntryEvaluation:
         """The evaluation of ``vmcs`` under ``caps`` and ``context`` (default: this one's)."""
         caps = self.caps if caps is None else caps
         ctx = self.context if context is None else context
-        if (caps is self.caps or caps == self.caps) and (ctx is self.context or ctx == self.context):
-            verdict = evaluate_vm_entry_incremental(self.vmcs, self.verdict, vmcs, caps, ctx)
-        else:
+        also_stale = _context_change(self.context, ctx) if caps is self.caps or caps == self.caps else None
+        if also_stale is None:
             verdict = evaluate_vm_entry(vmcs, caps, ctx)
+        else:
+            verdict = _reevaluate(self.vmcs, self.verdict, vmcs, caps, ctx, also_stale=also_stale)
         return EntryEvaluation(vmcs, caps, ctx, verdict)
 
 
+_RECENT_LIMIT = 256
+_recent: dict[Hashable, EntryEvaluation] = {}
+
+
+@checked
+def evaluate_vm_entry_after(key: Hashable, vmcs: Vmcs, caps: Capabilities, context: EntryContext) -> EntryVerdict:
+    """:func:`evaluate_vm_entry` of ``vmcs``, computed from the last evaluation made under ``key`` (VMLAUNCH
+    and VMRESUME use the VMCS's address) by :meth:`EntryEvaluation.update`: after a VM exit and the VMWRITEs
+    of its handling only the checks that read a changed field run again. The verdict is the full
+    evaluation's whatever evaluation ``key`` last named (tested equal)."""
+    last = _recent.get(key)
+    evaluation = EntryEvaluation.of(vmcs, caps, context) if last is None else last.update(vmcs, caps, context)
+    if last is None and len(_recent) >= _RECENT_LIMIT:
+        _recent.clear()
+    _recent[key] = evaluation
+    return evaluation.verdict
+
+
 __all__ = ["FAILURE_ORDER", "REGISTRY", "EntryContext", "EntryEvaluation", "EntryVerdict", "Finding", "Gate",
-           "Violation", "entry_check", "evaluate_every_check", "evaluate_vm_entry", "evaluate_vm_entry_incremental",
+           "Violation", "entry_check", "evaluate_every_check", "evaluate_vm_entry", "evaluate_vm_entry_after",
+           "evaluate_vm_entry_incremental",
            "exec_controls", "exit_entry_controls", "guest_non_register", "guest_segments",
            "guest_state", "host_state", "msr_load", "smm"]

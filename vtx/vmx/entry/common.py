@@ -12,7 +12,9 @@ this module is imported; the helpers then only read the VMCS.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 import attrs
 
@@ -20,6 +22,7 @@ from vtx.bits import BitRange, is_canonical, mask
 from vtx.conditions import ControlAllowed
 from vtx.errors import NotEvaluable, SpecError
 from vtx.spec import CONTROL_FIELDS, REGISTERS, VMCS_FIELDS, VmcsField, _Table, get_control, reg_bit
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.vmcs import Vmcs
 
@@ -56,6 +59,7 @@ class ControlFlag:
             return False
         return bool(vmcs.get(self.field) & self.mask)
 
+    @checked
     def describe(self, vmcs: Vmcs) -> str:
         """The control's title and the field that holds it, with the field's value."""
         return (f"'{self.title}' ({self.field.name} = {vmcs.get(self.field):#x}"
@@ -88,6 +92,7 @@ def control_flag(field_key: str, control_name: str) -> ControlFlag:
     return flag
 
 
+@checked
 def control_on(vmcs: Vmcs, field_key: str, control_name: str) -> bool:
     """Whether VMX control ``control_name`` of field ``field_key`` is 1 as VM entry applies it: a
     secondary or tertiary control counts only when its activating primary control is also 1."""
@@ -145,6 +150,28 @@ def ia32e_guest_sets_cr4_fred(vmcs: Vmcs) -> bool:
     return bool(vmcs.get(_ENTRY_CONTROLS) & _IA32E_MODE_GUEST and vmcs.get(_GUEST_CR4) & CR4_FRED)
 
 
+# ----------------------------------------------------------------------------- shared derivations
+
+_T = TypeVar("_T")
+
+
+def of_last_vmcs(derive: Callable[[Vmcs], _T]) -> Callable[[Vmcs], _T]:
+    """``derive``, a pure function of a VMCS's field values, remembered for the last VMCS it was given (by
+    the identity of its immutable :attr:`Vmcs.values`): the checks of one evaluation that share it compute it
+    once. Its result must be immutable."""
+    last: list[tuple[tuple[tuple[int, ...], ...], _T]] = []
+
+    @functools.wraps(derive)
+    def derived(vmcs: Vmcs) -> _T:
+        if last and last[0][0] is vmcs.values:
+            return last[0][1]
+        result = derive(vmcs)
+        last[:] = [(vmcs.values, result)]
+        return result
+
+    return derived
+
+
 # ----------------------------------------------------------------------------- fields and registers
 
 
@@ -153,17 +180,22 @@ def vmcs_fields(*names: str) -> tuple[VmcsField, ...]:
     return tuple(VMCS_FIELDS[n] for n in names)
 
 
+@checked
 def reserved_mask(register: str) -> int:
     """The bits of ``register`` that its ``spec/x86`` rows name ``RESERVED_*`` (the convention of
     ``registers.toml`` and ``guest_state.toml``: every reserved range is such a row)."""
     return sum(b.mask for b in REGISTERS[register].bits if b.name.startswith("RESERVED"))
 
 
+@checked
 def reserved_bits_problem(field: VmcsField, value: int, reserved: int, register: str) -> Iterator[str]:
     """The rule "``field`` sets no bit reserved in ``register``": a message if ``value`` sets one of
     ``reserved``."""
     if value & reserved:
         yield f"{field.name} = {value:#x} sets bits {value & reserved:#x} reserved in {register}"
+
+
+_FIXED_MSRS = {register: (f"IA32_VMX_{register}_FIXED0", f"IA32_VMX_{register}_FIXED1") for register in ("CR0", "CR4")}
 
 
 def fixed_bit_problems(field: VmcsField, register: str, value: int, caps: Capabilities,
@@ -172,7 +204,8 @@ def fixed_bit_problems(field: VmcsField, register: str, value: int, caps: Capabi
     (SDM Vol. 3C §28.2.2, §28.3.1.1; Vol. 3D §A.7, §A.8): every bit 1 in IA32_VMX_<register>_FIXED0 is
     1 and every bit 0 in IA32_VMX_<register>_FIXED1 is 0, except the bits of ``exempt`` (guest CR0.PE
     and PG when 'unrestricted guest' is 1). NotEvaluable when the profile lacks either MSR."""
-    fixed0, fixed1 = caps.msr(f"IA32_VMX_{register}_FIXED0"), caps.msr(f"IA32_VMX_{register}_FIXED1")
+    fixed0_msr, fixed1_msr = _FIXED_MSRS[register]
+    fixed0, fixed1 = caps.msr(fixed0_msr), caps.msr(fixed1_msr)
     if fixed0 is None or fixed1 is None:
         raise NotEvaluable(field.name, hex(value), f"the profile lacks IA32_VMX_{register}_FIXED0/1")
     must_be_1 = fixed0 & ~value & ~exempt
@@ -199,15 +232,31 @@ PAT_ENTRIES = tuple(b.bits for b in REGISTERS["IA32_PAT"].bits)
 """The eight one-byte entries PA0-PA7 of IA32_PAT."""
 
 
+@checked
 def invalid_pat_entries(pat: int) -> list[tuple[int, int]]:
     """The entries of IA32_PAT value ``pat`` that hold no memory type the PAT can encode, as (i, value)
     for entry PAi; WRMSR of such a value raises #GP (SDM Vol. 3A §13.12.2 "IA32_PAT MSR")."""
     return [(i, t) for i, bits in enumerate(PAT_ENTRIES) if (t := bits.get(pat)) not in PAT_MEMORY_TYPES]
 
 
+@checked
+def bit_field_reader(bits: BitRange) -> Callable[[int], int]:
+    """``bits.get``, with the shift and mask computed once: for the rules that read a sub-field (a DPL,
+    a segment type) of many values (tested equal to ``bits.get``)."""
+    shift, width_mask = bits.lo, mask(bits.width)
+
+    def read(value: int) -> int:
+        return value >> shift & width_mask
+
+    read.__doc__ = f"Bits {bits} of ``value``, shifted down to bit 0."
+    return read
+
+
 # ----------------------------------------------------------------------------- addresses
 
 
+@checked
+@checked
 def alignment_bits(n_bytes: int) -> BitRange:
     """The low bits an ``n_bytes``-aligned address clears (a power of two): bits log2(n)-1:0."""
     return BitRange(0, n_bytes.bit_length() - 2)
@@ -233,17 +282,35 @@ RIP, IA32_S_CET and SSP, the guest DR7, RIP outside 64-bit mode, the CS/SS/DS/ES
 def linear_width(caps: Capabilities) -> int:
     """The processor's linear-address width (the ``LINEAR_ADDRESS_WIDTH`` fact), against which the
     VM-entry checks judge canonical addresses; NotEvaluable if the profile does not give it."""
-    return caps.require_fact("LINEAR_ADDRESS_WIDTH")
+    width = caps.facts.get("LINEAR_ADDRESS_WIDTH")  # caps.require_fact, without its name check on the hot path
+    return caps.require_fact("LINEAR_ADDRESS_WIDTH") if width is None else width
+
+
+_CANONICAL_HIGH_BITS = {width: (width - 1, mask(64 - width + 1)) for width in range(1, 65)}
+"""For each linear-address width w: the shift that leaves bits 63:w-1 of an address, and their value
+when all are 1 (:func:`vtx.bits.is_canonical`, precomputed: an address is canonical when those bits
+are all 0 or all 1; tested equal)."""
+
+
+def is_canonical_for(address: int, width: int) -> bool:
+    """:func:`vtx.bits.is_canonical` with the mask of bits 63:``width``-1 looked up, not computed."""
+    known = _CANONICAL_HIGH_BITS.get(width)
+    if known is None:  # a width no processor has: the general rule
+        return is_canonical(address, width)
+    shift, all_ones = known
+    high = address >> shift
+    return high in (0, all_ones)
 
 
 def _not_canonical(name: str, address: int, width: int, what: str = "") -> str:
     return f"{name} = {address:#x}{what} is not canonical ({width}-bit linear addresses)"
 
 
+@checked
 def canonical_problem(name: str, address: int, width: int, what: str = "") -> Iterator[str]:
     """The rule "``address`` is canonical" (SDM Vol. 1 §3.3.7.1: bits 63:``width``-1 all equal), for
     the field or value ``name`` (``what`` qualifies it, e.g. " (entry point)")."""
-    if not is_canonical(address, width):
+    if not is_canonical_for(address, width):
         yield _not_canonical(name, address, width, what)
 
 
@@ -253,7 +320,7 @@ def non_canonical(vmcs: Vmcs, caps: Capabilities, fields: Iterable[VmcsField]) -
     width = linear_width(caps)
     for field in fields:
         value = vmcs.get(field)
-        if not is_canonical(value, width):
+        if not is_canonical_for(value, width):
             yield _not_canonical(field.name, value, width)
 
 
@@ -262,12 +329,13 @@ def upper_bits_equal(value: int, width: int) -> bool:
     the rule for the guest RIP in 64-bit mode and the guest SSP (§28.3.1.4), which need not be canonical."""
     if width >= 64:
         return True
-    return value >> width in (0, mask(64 - width))
+    return value >> width in (0, (1 << (64 - width)) - 1)  # all 0 or all 1
 
 
 # ----------------------------------------------------------------------------- capability facts
 
 
+@checked
 def cpuid_support(caps: Capabilities, fact: str, where: str,
                   reason: str = "the profile does not say whether the processor has this feature") -> bool:
     """Whether the processor has feature ``fact`` (a spec/cpuid.toml fact); NotEvaluable(``where``,

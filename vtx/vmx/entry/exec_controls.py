@@ -159,37 +159,37 @@ def check_cr3_target_count(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) ->
 @entry_check("controls.io_bitmaps.alignment")
 def check_io_bitmaps_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'use I/O bitmaps' 1, both I/O-bitmap addresses are 4-KByte aligned."""
-    yield from _misaligned(vmcs, _IO_BITMAPS, ALIGN_4K, _USE_IO_BITMAPS)
+    return _misaligned(vmcs, _IO_BITMAPS, ALIGN_4K, _USE_IO_BITMAPS)
 
 
 @entry_check("controls.io_bitmaps.address_width")
 def check_io_bitmaps_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'use I/O bitmaps' 1, neither I/O-bitmap address exceeds the physical-address width."""
-    yield from _beyond_width(vmcs, caps, _IO_BITMAPS, _USE_IO_BITMAPS)
+    return _beyond_width(vmcs, caps, _IO_BITMAPS, _USE_IO_BITMAPS)
 
 
 @entry_check("controls.msr_bitmap.alignment")
 def check_msr_bitmap_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'use MSR bitmaps' 1, the MSR-bitmap address is 4-KByte aligned."""
-    yield from _misaligned(vmcs, _MSR_BITMAP, ALIGN_4K, _USE_MSR_BITMAPS)
+    return _misaligned(vmcs, _MSR_BITMAP, ALIGN_4K, _USE_MSR_BITMAPS)
 
 
 @entry_check("controls.msr_bitmap.address_width")
 def check_msr_bitmap_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'use MSR bitmaps' 1, the MSR-bitmap address does not exceed the physical-address width."""
-    yield from _beyond_width(vmcs, caps, _MSR_BITMAP, _USE_MSR_BITMAPS)
+    return _beyond_width(vmcs, caps, _MSR_BITMAP, _USE_MSR_BITMAPS)
 
 
 @entry_check("controls.virtual_apic.alignment")
 def check_virtual_apic_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'use TPR shadow' 1, the virtual-APIC address is 4-KByte aligned."""
-    yield from _misaligned(vmcs, _VIRTUAL_APIC_PAGE, ALIGN_4K, _USE_TPR_SHADOW)
+    return _misaligned(vmcs, _VIRTUAL_APIC_PAGE, ALIGN_4K, _USE_TPR_SHADOW)
 
 
 @entry_check("controls.virtual_apic.address_width")
 def check_virtual_apic_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'use TPR shadow' 1, the virtual-APIC address does not exceed the physical-address width."""
-    yield from _beyond_width(vmcs, caps, _VIRTUAL_APIC_PAGE, _USE_TPR_SHADOW)
+    return _beyond_width(vmcs, caps, _VIRTUAL_APIC_PAGE, _USE_TPR_SHADOW)
 
 
 @entry_check("controls.tpr_threshold.reserved_bits")
@@ -223,25 +223,25 @@ def check_tpr_threshold_vtpr(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) 
 @entry_check("controls.nmi.virtual_nmis_need_nmi_exiting")
 def check_virtual_nmis_need_nmi_exiting(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """'Virtual NMIs' is 0 when 'NMI exiting' is 0."""
-    yield from _requires(vmcs, _VIRTUAL_NMIS, _NMI_EXITING)
+    return _requires(vmcs, _VIRTUAL_NMIS, _NMI_EXITING)
 
 
 @entry_check("controls.nmi.nmi_window_needs_virtual_nmis")
 def check_nmi_window_needs_virtual_nmis(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """'NMI-window exiting' is 0 when 'virtual NMIs' is 0."""
-    yield from _requires(vmcs, _NMI_WINDOW_EXITING, _VIRTUAL_NMIS)
+    return _requires(vmcs, _NMI_WINDOW_EXITING, _VIRTUAL_NMIS)
 
 
 @entry_check("controls.apic_access.alignment")
 def check_apic_access_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'virtualize APIC accesses' 1, the APIC-access address is 4-KByte aligned."""
-    yield from _misaligned(vmcs, _APIC_ACCESS, ALIGN_4K, _VIRTUALIZE_APIC_ACCESSES)
+    return _misaligned(vmcs, _APIC_ACCESS, ALIGN_4K, _VIRTUALIZE_APIC_ACCESSES)
 
 
 @entry_check("controls.apic_access.address_width")
 def check_apic_access_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'virtualize APIC accesses' 1, the APIC-access address does not exceed the physical-address width."""
-    yield from _beyond_width(vmcs, caps, _APIC_ACCESS, _VIRTUALIZE_APIC_ACCESSES)
+    return _beyond_width(vmcs, caps, _APIC_ACCESS, _VIRTUALIZE_APIC_ACCESSES)
 
 
 _NEED_TPR_SHADOW = (_VIRTUALIZE_X2APIC_MODE, _APIC_REGISTER_VIRTUALIZATION, _VIRTUAL_INTERRUPT_DELIVERY)
@@ -258,31 +258,31 @@ def check_apicv_needs_tpr_shadow(vmcs: Vmcs, caps: Capabilities, ctx: EntryConte
 @entry_check("controls.apicv.ipi_virtualization_needs_tpr_shadow")
 def check_ipi_virtualization_needs_tpr_shadow(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'use TPR shadow' 0, the tertiary control 'IPI virtualization' is 0."""
-    yield from _requires(vmcs, _IPI_VIRTUALIZATION, _USE_TPR_SHADOW)
+    return _requires(vmcs, _IPI_VIRTUALIZATION, _USE_TPR_SHADOW)
 
 
 @entry_check("controls.apicv.x2apic_excludes_apic_accesses")
 def check_x2apic_excludes_apic_accesses(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """'Virtualize APIC accesses' is 0 when 'virtualize x2APIC mode' is 1."""
-    yield from _excludes(vmcs, _VIRTUALIZE_X2APIC_MODE, _VIRTUALIZE_APIC_ACCESSES)
+    return _excludes(vmcs, _VIRTUALIZE_X2APIC_MODE, _VIRTUALIZE_APIC_ACCESSES)
 
 
 @entry_check("controls.apicv.vid_needs_external_interrupt_exiting")
 def check_vid_needs_external_interrupt_exiting(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """'External-interrupt exiting' is 1 when 'virtual-interrupt delivery' is 1."""
-    yield from _requires(vmcs, _VIRTUAL_INTERRUPT_DELIVERY, _EXTERNAL_INTERRUPT_EXITING)
+    return _requires(vmcs, _VIRTUAL_INTERRUPT_DELIVERY, _EXTERNAL_INTERRUPT_EXITING)
 
 
 @entry_check("controls.posted_interrupts.needs_vid")
 def check_posted_interrupts_need_vid(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """'Virtual-interrupt delivery' is 1 when 'process posted interrupts' is 1."""
-    yield from _requires(vmcs, _PROCESS_POSTED_INTERRUPTS, _VIRTUAL_INTERRUPT_DELIVERY)
+    return _requires(vmcs, _PROCESS_POSTED_INTERRUPTS, _VIRTUAL_INTERRUPT_DELIVERY)
 
 
 @entry_check("controls.posted_interrupts.needs_ack_on_exit")
 def check_posted_interrupts_need_ack_on_exit(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The VM-exit control 'acknowledge interrupt on exit' is 1 when 'process posted interrupts' is 1."""
-    yield from _requires(vmcs, _PROCESS_POSTED_INTERRUPTS, _ACK_INTERRUPT_ON_EXIT)
+    return _requires(vmcs, _PROCESS_POSTED_INTERRUPTS, _ACK_INTERRUPT_ON_EXIT)
 
 
 @entry_check("controls.posted_interrupts.notification_vector")
@@ -299,14 +299,14 @@ def check_posted_interrupt_notification_vector(vmcs: Vmcs, caps: Capabilities, c
 @entry_check("controls.posted_interrupts.descriptor_alignment")
 def check_posted_interrupt_descriptor_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'process posted interrupts' 1, the posted-interrupt descriptor address is 64-byte aligned."""
-    yield from _misaligned(vmcs, _PI_DESCRIPTOR, ALIGN_64, _PROCESS_POSTED_INTERRUPTS)
+    return _misaligned(vmcs, _PI_DESCRIPTOR, ALIGN_64, _PROCESS_POSTED_INTERRUPTS)
 
 
 @entry_check("controls.posted_interrupts.descriptor_address_width")
 def check_posted_interrupt_descriptor_address_width(vmcs: Vmcs, caps: Capabilities,
                                                     ctx: EntryContext) -> Iterator[str]:
     """With 'process posted interrupts' 1, the descriptor address does not exceed the physical-address width."""
-    yield from _beyond_width(vmcs, caps, _PI_DESCRIPTOR, _PROCESS_POSTED_INTERRUPTS)
+    return _beyond_width(vmcs, caps, _PI_DESCRIPTOR, _PROCESS_POSTED_INTERRUPTS)
 
 
 @entry_check("controls.vpid.nonzero")
@@ -354,15 +354,15 @@ def _eptp_flag(vmcs: Vmcs, caps: Capabilities, flag: BitRange, capability: str, 
 @entry_check("controls.eptp.accessed_dirty")
 def check_eptp_accessed_dirty(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'enable EPT' 1, EPTP bit 6 (EPT accessed and dirty flags) is 0 unless the processor supports them."""
-    yield from _eptp_flag(vmcs, caps, EPTP.accessed_dirty, EPTP.accessed_dirty_capability,
-                          "accessed and dirty flags")
+    return _eptp_flag(vmcs, caps, EPTP.accessed_dirty, EPTP.accessed_dirty_capability,
+                      "accessed and dirty flags")
 
 
 @entry_check("controls.eptp.supervisor_shadow_stack")
 def check_eptp_supervisor_shadow_stack(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'enable EPT' 1, EPTP bit 7 (supervisor shadow-stack control) is 0 unless the processor supports it."""
-    yield from _eptp_flag(vmcs, caps, EPTP.supervisor_shadow_stack, EPTP.supervisor_shadow_stack_capability,
-                          "supervisor shadow-stack control")
+    return _eptp_flag(vmcs, caps, EPTP.supervisor_shadow_stack, EPTP.supervisor_shadow_stack_capability,
+                      "supervisor shadow-stack control")
 
 
 @entry_check("controls.eptp.reserved_bits")
@@ -379,49 +379,49 @@ def check_eptp_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) 
 @entry_check("controls.pml.needs_ept")
 def check_pml_needs_ept(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """'Enable EPT' is 1 when 'enable PML' is 1."""
-    yield from _requires(vmcs, _ENABLE_PML, _ENABLE_EPT)
+    return _requires(vmcs, _ENABLE_PML, _ENABLE_EPT)
 
 
 @entry_check("controls.pml.alignment")
 def check_pml_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'enable PML' 1, the PML address is 4-KByte aligned."""
-    yield from _misaligned(vmcs, _PML, ALIGN_4K, _ENABLE_PML)
+    return _misaligned(vmcs, _PML, ALIGN_4K, _ENABLE_PML)
 
 
 @entry_check("controls.pml.address_width")
 def check_pml_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'enable PML' 1, the PML address does not exceed the physical-address width."""
-    yield from _beyond_width(vmcs, caps, _PML, _ENABLE_PML)
+    return _beyond_width(vmcs, caps, _PML, _ENABLE_PML)
 
 
 @entry_check("controls.unrestricted_guest.needs_ept")
 def check_unrestricted_guest_needs_ept(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """'Enable EPT' is 1 when 'unrestricted guest' is 1."""
-    yield from _requires(vmcs, _UNRESTRICTED_GUEST, _ENABLE_EPT)
+    return _requires(vmcs, _UNRESTRICTED_GUEST, _ENABLE_EPT)
 
 
 @entry_check("controls.mode_based_ept_exec.needs_ept")
 def check_mode_based_ept_exec_needs_ept(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """'Enable EPT' is 1 when 'mode-based execute control for EPT' is 1."""
-    yield from _requires(vmcs, _MODE_BASED_EPT_EXEC, _ENABLE_EPT)
+    return _requires(vmcs, _MODE_BASED_EPT_EXEC, _ENABLE_EPT)
 
 
 @entry_check("controls.spp.needs_ept")
 def check_spp_needs_ept(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """'Enable EPT' is 1 when 'sub-page write permissions for EPT' is 1."""
-    yield from _requires(vmcs, _SPP, _ENABLE_EPT)
+    return _requires(vmcs, _SPP, _ENABLE_EPT)
 
 
 @entry_check("controls.spp.alignment")
 def check_spp_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'sub-page write permissions for EPT' 1, the SPPTP is 4-KByte aligned."""
-    yield from _misaligned(vmcs, _SPPTP, ALIGN_4K, _SPP)
+    return _misaligned(vmcs, _SPPTP, ALIGN_4K, _SPP)
 
 
 @entry_check("controls.spp.address_width")
 def check_spp_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'sub-page write permissions for EPT' 1, the SPPTP does not exceed the physical-address width."""
-    yield from _beyond_width(vmcs, caps, _SPPTP, _SPP)
+    return _beyond_width(vmcs, caps, _SPPTP, _SPP)
 
 
 @entry_check("controls.vmfunc.reserved_bits")
@@ -465,39 +465,39 @@ def check_eptp_switching_needs_ept(vmcs: Vmcs, caps: Capabilities, ctx: EntryCon
 @entry_check("controls.vmfunc.eptp_list_alignment")
 def check_eptp_list_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With the 'EPTP switching' VM function enabled, the EPTP-list address is 4-KByte aligned."""
-    yield from _misaligned(vmcs, _EPTP_LIST, ALIGN_4K, _EPTP_SWITCHING_ON)
+    return _misaligned(vmcs, _EPTP_LIST, ALIGN_4K, _EPTP_SWITCHING_ON)
 
 
 @entry_check("controls.vmfunc.eptp_list_address_width")
 def check_eptp_list_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With the 'EPTP switching' VM function enabled, the EPTP-list address does not exceed the
     physical-address width."""
-    yield from _beyond_width(vmcs, caps, _EPTP_LIST, _EPTP_SWITCHING_ON)
+    return _beyond_width(vmcs, caps, _EPTP_LIST, _EPTP_SWITCHING_ON)
 
 
 @entry_check("controls.vmcs_shadowing.bitmap_alignment")
 def check_vmcs_shadowing_bitmap_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'VMCS shadowing' 1, the VMREAD-bitmap and VMWRITE-bitmap addresses are 4-KByte aligned."""
-    yield from _misaligned(vmcs, _VMCS_SHADOWING_BITMAPS, ALIGN_4K, _VMCS_SHADOWING)
+    return _misaligned(vmcs, _VMCS_SHADOWING_BITMAPS, ALIGN_4K, _VMCS_SHADOWING)
 
 
 @entry_check("controls.vmcs_shadowing.bitmap_address_width")
 def check_vmcs_shadowing_bitmap_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'VMCS shadowing' 1, neither bitmap address exceeds the physical-address width."""
-    yield from _beyond_width(vmcs, caps, _VMCS_SHADOWING_BITMAPS, _VMCS_SHADOWING)
+    return _beyond_width(vmcs, caps, _VMCS_SHADOWING_BITMAPS, _VMCS_SHADOWING)
 
 
 @entry_check("controls.ept_violation_ve.alignment")
 def check_ept_violation_ve_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'EPT-violation #VE' 1, the virtualization-exception information address is 4-KByte aligned."""
-    yield from _misaligned(vmcs, _VE_INFORMATION, ALIGN_4K, _EPT_VIOLATION_VE)
+    return _misaligned(vmcs, _VE_INFORMATION, ALIGN_4K, _EPT_VIOLATION_VE)
 
 
 @entry_check("controls.ept_violation_ve.address_width")
 def check_ept_violation_ve_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'EPT-violation #VE' 1, the virtualization-exception information address does not exceed the
     physical-address width."""
-    yield from _beyond_width(vmcs, caps, _VE_INFORMATION, _EPT_VIOLATION_VE)
+    return _beyond_width(vmcs, caps, _VE_INFORMATION, _EPT_VIOLATION_VE)
 
 
 _PT_USES_GPA_NEEDS = (_ENABLE_EPT, _LOAD_IA32_RTIT_CTL, _CLEAR_IA32_RTIT_CTL)
@@ -521,7 +521,7 @@ def check_tsc_multiplier_nonzero(vmcs: Vmcs, caps: Capabilities, ctx: EntryConte
 @entry_check("controls.hlat.needs_ept")
 def check_hlat_needs_ept(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """'Enable EPT' is 1 when the tertiary control 'enable HLAT' is 1."""
-    yield from _requires(vmcs, _ENABLE_HLAT, _ENABLE_EPT)
+    return _requires(vmcs, _ENABLE_HLAT, _ENABLE_EPT)
 
 
 @entry_check("controls.hlat.hlatp_reserved_bits")
@@ -538,7 +538,7 @@ def check_hlatp_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext)
 @entry_check("controls.hlat.hlatp_address_width")
 def check_hlatp_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'enable HLAT' 1, the HLATP does not exceed the physical-address width."""
-    yield from _beyond_width(vmcs, caps, _HLATP, _ENABLE_HLAT)
+    return _beyond_width(vmcs, caps, _HLATP, _ENABLE_HLAT)
 
 
 @entry_check("controls.hlat.prefix_size")
@@ -555,22 +555,22 @@ def check_hlat_prefix_size(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) ->
 @entry_check("controls.pasid_translation.alignment")
 def check_pasid_directory_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'PASID translation' 1, the low and high PASID-directory addresses are 4-KByte aligned."""
-    yield from _misaligned(vmcs, _PASID_DIRECTORIES, ALIGN_4K, _PASID_TRANSLATION)
+    return _misaligned(vmcs, _PASID_DIRECTORIES, ALIGN_4K, _PASID_TRANSLATION)
 
 
 @entry_check("controls.pasid_translation.address_width")
 def check_pasid_directory_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'PASID translation' 1, neither PASID-directory address exceeds the physical-address width."""
-    yield from _beyond_width(vmcs, caps, _PASID_DIRECTORIES, _PASID_TRANSLATION)
+    return _beyond_width(vmcs, caps, _PASID_DIRECTORIES, _PASID_TRANSLATION)
 
 
 @entry_check("controls.ipi_virtualization.pid_table_alignment")
 def check_pid_pointer_table_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'IPI virtualization' 1, the PID-pointer table address is 8-byte aligned."""
-    yield from _misaligned(vmcs, _PID_POINTER_TABLE, ALIGN_8, _IPI_VIRTUALIZATION)
+    return _misaligned(vmcs, _PID_POINTER_TABLE, ALIGN_8, _IPI_VIRTUALIZATION)
 
 
 @entry_check("controls.ipi_virtualization.pid_table_address_width")
 def check_pid_pointer_table_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With 'IPI virtualization' 1, the PID-pointer table address does not exceed the physical-address width."""
-    yield from _beyond_width(vmcs, caps, _PID_POINTER_TABLE, _IPI_VIRTUALIZATION)
+    return _beyond_width(vmcs, caps, _PID_POINTER_TABLE, _IPI_VIRTUALIZATION)

@@ -205,13 +205,18 @@ def _msr_area_end_problems(vmcs: Vmcs, caps: Capabilities, area: MsrArea) -> Ite
 # ----------------------------------------------------------------------------- VM-exit controls
 
 
+_SMM_CONTROL_MASKS = tuple((control, control.mask) for control in _SMM_CONTROLS)
+_ACTIVATE_PREEMPTION_TIMER_MASK, _SAVE_PREEMPTION_TIMER_MASK, _ENTRY_TO_SMM_MASK = (
+    _ACTIVATE_PREEMPTION_TIMER.mask, _SAVE_PREEMPTION_TIMER.mask, _ENTRY_TO_SMM.mask)
+
+
 @entry_check("controls.exit.save_preemption_timer")
 def check_save_preemption_timer(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """'Save VMX-preemption timer value' is 0 when 'activate VMX-preemption timer' is 0; VM entries that
     return from SMM (executed in SMM with 'entry to SMM' 0) skip this check."""
-    if vmcs.get(_PIN) & _ACTIVATE_PREEMPTION_TIMER.mask or not vmcs.get(_EXIT_CONTROLS) & _SAVE_PREEMPTION_TIMER.mask:
+    if vmcs.get(_PIN) & _ACTIVATE_PREEMPTION_TIMER_MASK or not vmcs.get(_EXIT_CONTROLS) & _SAVE_PREEMPTION_TIMER_MASK:
         return
-    if ctx.in_smm and not vmcs.get(_ENTRY_CONTROLS) & _ENTRY_TO_SMM.mask:
+    if ctx.in_smm and not vmcs.get(_ENTRY_CONTROLS) & _ENTRY_TO_SMM_MASK:
         return
     yield (f"{_EXIT_CONTROLS.name} = {vmcs.get(_EXIT_CONTROLS):#x} sets '{_SAVE_PREEMPTION_TIMER.title}' but "
            f"{_PIN.name} = {vmcs.get(_PIN):#x} clears '{_ACTIVATE_PREEMPTION_TIMER.title}'")
@@ -220,39 +225,39 @@ def check_save_preemption_timer(vmcs: Vmcs, caps: Capabilities, ctx: EntryContex
 @entry_check("controls.exit.msr_store.alignment")
 def check_exit_msr_store_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With a non-zero VM-exit MSR-store count, bits 3:0 of the VM-exit MSR-store address are 0."""
-    yield from _msr_area_alignment_problems(vmcs, EXIT_MSR_STORE)
+    return _msr_area_alignment_problems(vmcs, EXIT_MSR_STORE)
 
 
 @entry_check("controls.exit.msr_store.address_width")
 def check_exit_msr_store_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With a non-zero VM-exit MSR-store count, the VM-exit MSR-store address fits the physical-address width."""
-    yield from _msr_area_address_problems(vmcs, caps, EXIT_MSR_STORE)
+    return _msr_area_address_problems(vmcs, caps, EXIT_MSR_STORE)
 
 
 @entry_check("controls.exit.msr_store.last_byte")
 def check_exit_msr_store_last_byte(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With a non-zero VM-exit MSR-store count, the last byte of the area (address + 16 * count - 1) fits the
     physical-address width."""
-    yield from _msr_area_end_problems(vmcs, caps, EXIT_MSR_STORE)
+    return _msr_area_end_problems(vmcs, caps, EXIT_MSR_STORE)
 
 
 @entry_check("controls.exit.msr_load.alignment")
 def check_exit_msr_load_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With a non-zero VM-exit MSR-load count, bits 3:0 of the VM-exit MSR-load address are 0."""
-    yield from _msr_area_alignment_problems(vmcs, EXIT_MSR_LOAD)
+    return _msr_area_alignment_problems(vmcs, EXIT_MSR_LOAD)
 
 
 @entry_check("controls.exit.msr_load.address_width")
 def check_exit_msr_load_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With a non-zero VM-exit MSR-load count, the VM-exit MSR-load address fits the physical-address width."""
-    yield from _msr_area_address_problems(vmcs, caps, EXIT_MSR_LOAD)
+    return _msr_area_address_problems(vmcs, caps, EXIT_MSR_LOAD)
 
 
 @entry_check("controls.exit.msr_load.last_byte")
 def check_exit_msr_load_last_byte(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With a non-zero VM-exit MSR-load count, the last byte of the area (address + 16 * count - 1) fits the
     physical-address width."""
-    yield from _msr_area_end_problems(vmcs, caps, EXIT_MSR_LOAD)
+    return _msr_area_end_problems(vmcs, caps, EXIT_MSR_LOAD)
 
 
 # ----------------------------------------------------------------------------- VM-entry controls: event injection
@@ -411,20 +416,20 @@ def check_injection_fred_instruction_length(vmcs: Vmcs, caps: Capabilities, ctx:
 @entry_check("controls.entry.msr_load.alignment")
 def check_entry_msr_load_alignment(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With a non-zero VM-entry MSR-load count, bits 3:0 of the VM-entry MSR-load address are 0."""
-    yield from _msr_area_alignment_problems(vmcs, ENTRY_MSR_LOAD)
+    return _msr_area_alignment_problems(vmcs, ENTRY_MSR_LOAD)
 
 
 @entry_check("controls.entry.msr_load.address_width")
 def check_entry_msr_load_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With a non-zero VM-entry MSR-load count, the VM-entry MSR-load address fits the physical-address width."""
-    yield from _msr_area_address_problems(vmcs, caps, ENTRY_MSR_LOAD)
+    return _msr_area_address_problems(vmcs, caps, ENTRY_MSR_LOAD)
 
 
 @entry_check("controls.entry.msr_load.last_byte")
 def check_entry_msr_load_last_byte(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """With a non-zero VM-entry MSR-load count, the last byte of the area (address + 16 * count - 1) fits the
     physical-address width."""
-    yield from _msr_area_end_problems(vmcs, caps, ENTRY_MSR_LOAD)
+    return _msr_area_end_problems(vmcs, caps, ENTRY_MSR_LOAD)
 
 
 # ----------------------------------------------------------------------------- VM-entry controls: SMM
@@ -436,8 +441,8 @@ def check_smm_controls_outside_smm(vmcs: Vmcs, caps: Capabilities, ctx: EntryCon
     if ctx.in_smm:
         return
     controls = vmcs.get(_ENTRY_CONTROLS)
-    for control in _SMM_CONTROLS:
-        if controls & control.mask:
+    for control, bit in _SMM_CONTROL_MASKS:
+        if controls & bit:
             yield f"{_ENTRY_CONTROLS.name} = {controls:#x} sets '{control.title}' outside SMM"
 
 
@@ -445,6 +450,6 @@ def check_smm_controls_outside_smm(vmcs: Vmcs, caps: Capabilities, ctx: EntryCon
 def check_smm_controls_exclusive(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """'Entry to SMM' and 'deactivate dual-monitor treatment' are not both 1."""
     controls = vmcs.get(_ENTRY_CONTROLS)
-    if controls & _ENTRY_TO_SMM.mask and controls & _DEACTIVATE_DUAL_MONITOR.mask:
+    if controls & _ENTRY_TO_SMM_MASK and controls & _DEACTIVATE_DUAL_MONITOR.mask:
         yield (f"{_ENTRY_CONTROLS.name} = {controls:#x} sets both '{_ENTRY_TO_SMM.title}' and "
                f"'{_DEACTIVATE_DUAL_MONITOR.title}'")

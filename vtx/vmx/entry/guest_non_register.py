@@ -238,13 +238,13 @@ def _blocking_on_injection(vmcs: Vmcs, interruption_type: int, blocking: int, ev
 def check_interruptibility_external_interrupt_unblocked(vmcs: Vmcs, caps: Capabilities,
                                                         ctx: EntryContext) -> Iterator[str]:
     """Blocking by STI and by MOV SS are both 0 when an external interrupt is injected."""
-    yield from _blocking_on_injection(vmcs, EXTERNAL_INTERRUPT, _STI | _MOV_SS, "an external interrupt")
+    return _blocking_on_injection(vmcs, EXTERNAL_INTERRUPT, _STI | _MOV_SS, "an external interrupt")
 
 
 @entry_check("guest.interruptibility.nmi_mov_ss")
 def check_interruptibility_nmi_mov_ss(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Blocking by MOV SS is 0 when an NMI is injected."""
-    yield from _blocking_on_injection(vmcs, NMI, _MOV_SS, "an NMI")
+    return _blocking_on_injection(vmcs, NMI, _MOV_SS, "an NMI")
 
 
 @entry_check("guest.interruptibility.smi_outside_smm")
@@ -267,7 +267,7 @@ def check_interruptibility_smi_on_smm_entry(vmcs: Vmcs, caps: Capabilities, ctx:
 @entry_check("guest.interruptibility.nmi_sti")
 def check_interruptibility_nmi_sti(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Blocking by STI is 0 when an NMI is injected (a failure reports exit qualification 3)."""
-    yield from _blocking_on_injection(vmcs, NMI, _STI, "an NMI")
+    return _blocking_on_injection(vmcs, NMI, _STI, "an NMI")
 
 
 @entry_check("guest.interruptibility.virtual_nmi_blocking")

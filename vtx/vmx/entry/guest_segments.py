@@ -13,6 +13,7 @@ from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import EntryContext, entry_check
 from vtx.vmx.entry.common import (
     BITS_63_32,
+    bit_field_reader,
     canonical_problem,
     cpuid_support,
     ia32e_guest_sets_cr4_fred,
@@ -20,6 +21,7 @@ from vtx.vmx.entry.common import (
     is_unrestricted_guest,
     linear_width,
     non_canonical,
+    of_last_vmcs,
 )
 from vtx.vmx.vmcs import Vmcs
 
@@ -41,6 +43,7 @@ def _segment(name: str) -> _Segment:
 
 _ES, _CS, _SS, _DS, _FS, _GS, _TR, _LDTR = map(_segment, ("ES", "CS", "SS", "DS", "FS", "GS", "TR", "LDTR"))
 _CODE_DATA = (_ES, _CS, _SS, _DS, _FS, _GS)
+_CODE_DATA_AR = tuple(seg.access_rights for seg in _CODE_DATA)
 _DATA = (_DS, _ES, _FS, _GS)
 _TR_FS_GS_BASES = (_TR.base, _FS.base, _GS.base)
 
@@ -115,23 +118,19 @@ def _is_usable(access_rights: int) -> bool:
     return not access_rights & _AR_UNUSABLE
 
 
-def _dpl(access_rights: int) -> int:
-    return _AR_DPL.get(access_rights)
+_dpl = bit_field_reader(_AR_DPL)
+_rpl = bit_field_reader(_SEL_RPL)
+_type = bit_field_reader(_AR_TYPE)
 
 
-def _rpl(selector: int) -> int:
-    return _SEL_RPL.get(selector)
-
-
-def _code_data_to_check(vmcs: Vmcs) -> Iterator[tuple[_Segment, int]]:
+@of_last_vmcs
+def _code_data_to_check(vmcs: Vmcs) -> tuple[tuple[_Segment, int], ...]:
     """CS and each usable SS, DS, ES, FS and GS with its access rights, when the guest will not be
     virtual-8086 (the registers the sub-field rules of the access rights apply to)."""
     if _is_v8086(vmcs):
-        return
-    for seg in _CODE_DATA:
-        ar = vmcs.get(seg.access_rights)
-        if seg is _CS or _is_usable(ar):
-            yield seg, ar
+        return ()
+    return tuple((seg, ar) for seg, ar in zip(_CODE_DATA, map(vmcs.get, _CODE_DATA_AR), strict=True)
+                 if seg is _CS or not ar & _AR_UNUSABLE)
 
 
 def _usable_ldtr(vmcs: Vmcs) -> int | None:
@@ -156,41 +155,44 @@ def _ar_text(seg: _Segment, ar: int) -> str:
     return f"{seg.access_rights.name} = {ar:#x}"
 
 
-def _s_problems(seg: _Segment, ar: int, *, system: bool) -> Iterator[str]:
-    if system and ar & _AR_S:
-        yield f"{_ar_text(seg, ar)} sets S (bit 4); {seg.name} must describe a system segment"
-    if not system and not ar & _AR_S:
-        yield f"{_ar_text(seg, ar)} clears S (bit 4); {seg.name} must describe a code or data segment"
+# Each rule shape below is a test (True when the rule holds) and the message of a violation, built only then.
 
 
-def _present_problems(seg: _Segment, ar: int) -> Iterator[str]:
-    if not ar & _AR_P:
-        yield f"{_ar_text(seg, ar)} clears P (bit 7); {seg.name} must be present"
+def _s_problem(seg: _Segment, ar: int, *, system: bool) -> str:
+    if system:
+        return f"{_ar_text(seg, ar)} sets S (bit 4); {seg.name} must describe a system segment"
+    return f"{_ar_text(seg, ar)} clears S (bit 4); {seg.name} must describe a code or data segment"
 
 
-def _reserved_problems(seg: _Segment, ar: int) -> Iterator[str]:
-    if ar & _AR_RESERVED:
-        yield f"{_ar_text(seg, ar)} sets reserved bits {ar & _AR_RESERVED:#x} (bits 11:8 and 31:17 must be 0)"
+def _present_problem(seg: _Segment, ar: int) -> str:
+    return f"{_ar_text(seg, ar)} clears P (bit 7); {seg.name} must be present"
 
 
-def _granularity_problems(seg: _Segment, limit: int, ar: int) -> Iterator[str]:
-    g = bool(ar & _AR_G)
-    if g and limit & _LIMIT_LOW != _LIMIT_LOW:
-        yield (f"{_ar_text(seg, ar)} sets G (bit 15) but {seg.limit.name} = {limit:#x} has a 0 in bits 11:0, "
-               "which needs G = 0")
-    if not g and limit & _LIMIT_HIGH:
-        yield (f"{_ar_text(seg, ar)} clears G (bit 15) but {seg.limit.name} = {limit:#x} has a 1 in bits 31:20, "
-               "which needs G = 1")
+def _reserved_problem(seg: _Segment, ar: int) -> str:
+    return f"{_ar_text(seg, ar)} sets reserved bits {ar & _AR_RESERVED:#x} (bits 11:8 and 31:17 must be 0)"
 
 
-def _selector_ti_problems(seg: _Segment, selector: int) -> Iterator[str]:
-    if selector & _SEL_TI:
-        yield f"{seg.selector.name} = {selector:#x} sets TI (bit 2); {seg.name} must select a GDT descriptor"
+def _granularity_holds(limit: int, ar: int) -> bool:
+    """A 0 in limit bits 11:0 needs G = 0; a 1 in limit bits 31:20 needs G = 1."""
+    if ar & _AR_G:
+        return limit & _LIMIT_LOW == _LIMIT_LOW
+    return not limit & _LIMIT_HIGH
 
 
-def _upper_bits_problems(seg: _Segment, base: int) -> Iterator[str]:
-    if base & _BASE_UPPER:
-        yield f"{seg.base.name} = {base:#x} sets bits in 63:32, which must be 0"
+def _granularity_problem(seg: _Segment, limit: int, ar: int) -> str:
+    if ar & _AR_G:
+        return (f"{_ar_text(seg, ar)} sets G (bit 15) but {seg.limit.name} = {limit:#x} has a 0 in bits 11:0, "
+                "which needs G = 0")
+    return (f"{_ar_text(seg, ar)} clears G (bit 15) but {seg.limit.name} = {limit:#x} has a 1 in bits 31:20, "
+            "which needs G = 1")
+
+
+def _selector_ti_problem(seg: _Segment, selector: int) -> str:
+    return f"{seg.selector.name} = {selector:#x} sets TI (bit 2); {seg.name} must select a GDT descriptor"
+
+
+def _upper_bits_problem(seg: _Segment, base: int) -> str:
+    return f"{seg.base.name} = {base:#x} sets bits in 63:32, which must be 0"
 
 
 # ----------------------------------------------------------------------------- selectors
@@ -199,14 +201,16 @@ def _upper_bits_problems(seg: _Segment, base: int) -> Iterator[str]:
 @entry_check("guest.segments.tr_selector_ti")
 def check_tr_selector_ti(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The TI flag (bit 2) of the guest TR selector is 0."""
-    yield from _selector_ti_problems(_TR, vmcs.get(_TR.selector))
+    selector = vmcs.get(_TR.selector)
+    if selector & _SEL_TI:
+        yield _selector_ti_problem(_TR, selector)
 
 
 @entry_check("guest.segments.ldtr_selector_ti")
 def check_ldtr_selector_ti(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If LDTR is usable, the TI flag (bit 2) of the guest LDTR selector is 0."""
-    if _usable_ldtr(vmcs) is not None:
-        yield from _selector_ti_problems(_LDTR, vmcs.get(_LDTR.selector))
+    if _usable_ldtr(vmcs) is not None and (selector := vmcs.get(_LDTR.selector)) & _SEL_TI:
+        yield _selector_ti_problem(_LDTR, selector)
 
 
 @entry_check("guest.segments.ss_rpl_equals_cs_rpl")
@@ -240,7 +244,7 @@ def check_v8086_base(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Itera
 @entry_check("guest.segments.tr_fs_gs_base_canonical")
 def check_tr_fs_gs_base_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The TR, FS and GS bases are canonical."""
-    yield from non_canonical(vmcs, caps, _TR_FS_GS_BASES)
+    return non_canonical(vmcs, caps, _TR_FS_GS_BASES)
 
 
 @entry_check("guest.segments.ldtr_base_canonical")
@@ -253,15 +257,17 @@ def check_ldtr_base_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext)
 @entry_check("guest.segments.cs_base_upper_bits")
 def check_cs_base_upper_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Bits 63:32 of the CS base are 0."""
-    yield from _upper_bits_problems(_CS, vmcs.get(_CS.base))
+    base = vmcs.get(_CS.base)
+    if base & _BASE_UPPER:
+        yield _upper_bits_problem(_CS, base)
 
 
 @entry_check("guest.segments.ss_ds_es_base_upper_bits")
 def check_ss_ds_es_base_upper_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Bits 63:32 of the SS, DS and ES bases are 0, for each of them that is usable."""
     for seg in (_SS, _DS, _ES):
-        if _is_usable(vmcs.get(seg.access_rights)):
-            yield from _upper_bits_problems(seg, vmcs.get(seg.base))
+        if _is_usable(vmcs.get(seg.access_rights)) and (base := vmcs.get(seg.base)) & _BASE_UPPER:
+            yield _upper_bits_problem(seg, base)
 
 
 # ----------------------------------------------------------------------------- limits
@@ -299,7 +305,7 @@ def check_cs_type(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator
     if _is_v8086(vmcs):
         return
     ar = vmcs.get(_CS.access_rights)
-    cs_type = _AR_TYPE.get(ar)
+    cs_type = _type(ar)
     if cs_type in _ACCESSED_CODE:
         return
     if is_unrestricted_guest(vmcs):
@@ -316,8 +322,8 @@ def check_ss_type(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator
     if _is_v8086(vmcs):
         return
     ar = vmcs.get(_SS.access_rights)
-    if _is_usable(ar) and _AR_TYPE.get(ar) not in _SS_TYPES:
-        yield f"{_ar_text(_SS, ar)} has type {_AR_TYPE.get(ar)}; a usable SS needs {_SS_TYPES_TEXT}"
+    if _is_usable(ar) and _type(ar) not in _SS_TYPES:
+        yield f"{_ar_text(_SS, ar)} has type {_type(ar)}; a usable SS needs {_SS_TYPES_TEXT}"
 
 
 @entry_check("guest.segments.data_type")
@@ -330,7 +336,7 @@ def check_data_type(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterat
         ar = vmcs.get(seg.access_rights)
         if not _is_usable(ar):
             continue
-        seg_type = _AR_TYPE.get(ar)
+        seg_type = _type(ar)
         if not seg_type & _TYPE_A:
             yield f"{_ar_text(seg, ar)} has type {seg_type}, not accessed (type bit 0 must be 1)"
         if seg_type & _TYPE_CODE and not seg_type & _TYPE_W_R:
@@ -341,7 +347,8 @@ def check_data_type(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterat
 def check_s_bit(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Unless the guest will be virtual-8086, S (bit 4) is 1 for CS and each usable SS, DS, ES, FS and GS."""
     for seg, ar in _code_data_to_check(vmcs):
-        yield from _s_problems(seg, ar, system=False)
+        if not ar & _AR_S:
+            yield _s_problem(seg, ar, system=False)
 
 
 @entry_check("guest.segments.cs_dpl")
@@ -351,7 +358,7 @@ def check_cs_dpl(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[
     if _is_v8086(vmcs):
         return
     cs_ar, ss_ar = vmcs.get(_CS.access_rights), vmcs.get(_SS.access_rights)
-    cs_type, cs_dpl, ss_dpl = _AR_TYPE.get(cs_ar), _dpl(cs_ar), _dpl(ss_ar)
+    cs_type, cs_dpl, ss_dpl = _type(cs_ar), _dpl(cs_ar), _dpl(ss_ar)
     if cs_type == _DATA_RW_ACCESSED and cs_dpl != 0:
         yield f"{_ar_text(_CS, cs_ar)} has type {cs_type} (data) with DPL {cs_dpl}; it must be 0"
     elif cs_type in _NONCONFORMING_CODE and cs_dpl != ss_dpl:
@@ -383,7 +390,7 @@ def check_ss_dpl_zero(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iter
     if _dpl(ss_ar) == 0:
         return
     cs_ar, cr0 = vmcs.get(_CS.access_rights), vmcs.get(_CR0)
-    if _AR_TYPE.get(cs_ar) == _DATA_RW_ACCESSED:
+    if _type(cs_ar) == _DATA_RW_ACCESSED:
         yield (f"{_ar_text(_SS, ss_ar)} has DPL {_dpl(ss_ar)}, but {_ar_text(_CS, cs_ar)} has type "
                f"{_DATA_RW_ACCESSED}, which needs SS DPL 0")
     if not cr0 & _CR0_PE:
@@ -420,8 +427,10 @@ def check_data_dpl(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterato
         return
     for seg in _DATA:
         ar = vmcs.get(seg.access_rights)
-        seg_type = _AR_TYPE.get(ar)
-        if not _is_usable(ar) or (seg_type & _TYPE_CODE and seg_type & _TYPE_E_C):
+        if ar & _AR_UNUSABLE:
+            continue
+        seg_type = _type(ar)
+        if seg_type & _TYPE_CODE and seg_type & _TYPE_E_C:
             continue
         selector = vmcs.get(seg.selector)
         if _dpl(ar) < _rpl(selector):
@@ -433,7 +442,8 @@ def check_data_dpl(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterato
 def check_present(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Unless the guest will be virtual-8086, P (bit 7) is 1 for CS and each usable SS, DS, ES, FS and GS."""
     for seg, ar in _code_data_to_check(vmcs):
-        yield from _present_problems(seg, ar)
+        if not ar & _AR_P:
+            yield _present_problem(seg, ar)
 
 
 @entry_check("guest.segments.reserved_bits")
@@ -441,7 +451,8 @@ def check_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> It
     """Unless the guest will be virtual-8086, access-rights bits 11:8 and 31:17 are 0 for CS and each
     usable SS, DS, ES, FS and GS."""
     for seg, ar in _code_data_to_check(vmcs):
-        yield from _reserved_problems(seg, ar)
+        if ar & _AR_RESERVED:
+            yield _reserved_problem(seg, ar)
 
 
 @entry_check("guest.segments.cs_db")
@@ -459,7 +470,9 @@ def check_granularity(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iter
     """Unless the guest will be virtual-8086, G (bit 15) agrees with the limit for CS and each usable SS,
     DS, ES, FS and GS: a 0 in limit bits 11:0 needs G = 0, a 1 in limit bits 31:20 needs G = 1."""
     for seg, ar in _code_data_to_check(vmcs):
-        yield from _granularity_problems(seg, vmcs.get(seg.limit), ar)
+        limit = vmcs.get(seg.limit)
+        if not _granularity_holds(limit, ar):
+            yield _granularity_problem(seg, limit, ar)
 
 
 # ----------------------------------------------------------------------------- access rights: TR
@@ -470,7 +483,7 @@ def check_tr_type(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator
     """The TR type is 11 (busy 32-bit/64-bit TSS), or also 3 (busy 16-bit TSS) for a guest that will not
     be in IA-32e mode."""
     ar = vmcs.get(_TR.access_rights)
-    tr_type = _AR_TYPE.get(ar)
+    tr_type = _type(ar)
     if tr_type == _BUSY_TSS_32_64:
         return
     if is_ia32e_guest(vmcs):
@@ -483,25 +496,33 @@ def check_tr_type(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator
 @entry_check("guest.segments.tr_s_bit")
 def check_tr_s_bit(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """S (bit 4) of the TR access rights is 0."""
-    yield from _s_problems(_TR, vmcs.get(_TR.access_rights), system=True)
+    ar = vmcs.get(_TR.access_rights)
+    if ar & _AR_S:
+        yield _s_problem(_TR, ar, system=True)
 
 
 @entry_check("guest.segments.tr_present")
 def check_tr_present(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """P (bit 7) of the TR access rights is 1."""
-    yield from _present_problems(_TR, vmcs.get(_TR.access_rights))
+    ar = vmcs.get(_TR.access_rights)
+    if not ar & _AR_P:
+        yield _present_problem(_TR, ar)
 
 
 @entry_check("guest.segments.tr_reserved_bits")
 def check_tr_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """TR access-rights bits 11:8 and 31:17 are 0."""
-    yield from _reserved_problems(_TR, vmcs.get(_TR.access_rights))
+    ar = vmcs.get(_TR.access_rights)
+    if ar & _AR_RESERVED:
+        yield _reserved_problem(_TR, ar)
 
 
 @entry_check("guest.segments.tr_granularity")
 def check_tr_granularity(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The TR G bit agrees with the TR limit (a 0 in bits 11:0 needs G = 0, a 1 in bits 31:20 needs G = 1)."""
-    yield from _granularity_problems(_TR, vmcs.get(_TR.limit), vmcs.get(_TR.access_rights))
+    limit, ar = vmcs.get(_TR.limit), vmcs.get(_TR.access_rights)
+    if not _granularity_holds(limit, ar):
+        yield _granularity_problem(_TR, limit, ar)
 
 
 @entry_check("guest.segments.tr_usable")
@@ -519,32 +540,32 @@ def check_tr_usable(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterat
 def check_ldtr_type(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If LDTR is usable, its type is 2 (LDT)."""
     ar = _usable_ldtr(vmcs)
-    if ar is not None and _AR_TYPE.get(ar) != _LDT:
-        yield f"{_ar_text(_LDTR, ar)} has type {_AR_TYPE.get(ar)}; a usable LDTR needs type {_LDT} (LDT)"
+    if ar is not None and _type(ar) != _LDT:
+        yield f"{_ar_text(_LDTR, ar)} has type {_type(ar)}; a usable LDTR needs type {_LDT} (LDT)"
 
 
 @entry_check("guest.segments.ldtr_s_bit")
 def check_ldtr_s_bit(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If LDTR is usable, S (bit 4) of its access rights is 0."""
     ar = _usable_ldtr(vmcs)
-    if ar is not None:
-        yield from _s_problems(_LDTR, ar, system=True)
+    if ar is not None and ar & _AR_S:
+        yield _s_problem(_LDTR, ar, system=True)
 
 
 @entry_check("guest.segments.ldtr_present")
 def check_ldtr_present(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If LDTR is usable, P (bit 7) of its access rights is 1."""
     ar = _usable_ldtr(vmcs)
-    if ar is not None:
-        yield from _present_problems(_LDTR, ar)
+    if ar is not None and not ar & _AR_P:
+        yield _present_problem(_LDTR, ar)
 
 
 @entry_check("guest.segments.ldtr_reserved_bits")
 def check_ldtr_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If LDTR is usable, its access-rights bits 11:8 and 31:17 are 0."""
     ar = _usable_ldtr(vmcs)
-    if ar is not None:
-        yield from _reserved_problems(_LDTR, ar)
+    if ar is not None and ar & _AR_RESERVED:
+        yield _reserved_problem(_LDTR, ar)
 
 
 @entry_check("guest.segments.ldtr_granularity")
@@ -552,5 +573,5 @@ def check_ldtr_granularity(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) ->
     """If LDTR is usable, its G bit agrees with its limit (a 0 in bits 11:0 needs G = 0, a 1 in bits 31:20
     needs G = 1)."""
     ar = _usable_ldtr(vmcs)
-    if ar is not None:
-        yield from _granularity_problems(_LDTR, vmcs.get(_LDTR.limit), ar)
+    if ar is not None and not _granularity_holds(limit := vmcs.get(_LDTR.limit), ar):
+        yield _granularity_problem(_LDTR, limit, ar)

@@ -93,7 +93,7 @@ def check_guest_cr0_pg_needs_pe(vmcs: Vmcs, caps: Capabilities, ctx: EntryContex
 @entry_check("guest.cr4.fixed_bits")
 def check_guest_cr4_fixed_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The guest CR4 field sets no bit to a value IA32_VMX_CR4_FIXED0/1 forbid."""
-    yield from fixed_bit_problems(_GUEST_CR4, "CR4", vmcs.get(_GUEST_CR4), caps)
+    return fixed_bit_problems(_GUEST_CR4, "CR4", vmcs.get(_GUEST_CR4), caps)
 
 
 @entry_check("guest.cr4.cet_needs_wp")
@@ -159,7 +159,7 @@ def check_guest_cr3_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryCont
     51:32 beyond MAXPHYADDR); with linear-address masking, bits 62:61 may be 1."""
     cr3 = vmcs.get(_GUEST_CR3)
     width = max(caps.require_fact("MAXPHYADDR"), _CR3_ALWAYS_CHECKED_FROM)
-    beyond = cr3 & ~mask(width)
+    beyond = cr3 >> width << width  # the bits at and above the width
     if beyond & _CR3_LAM and caps.require_fact("CPUID_LAM"):
         beyond &= ~_CR3_LAM
     if beyond:
@@ -183,7 +183,7 @@ _SYSENTER = (VMCS_FIELDS["GUEST_SYSENTER_ESP"], VMCS_FIELDS["GUEST_SYSENTER_EIP"
 @entry_check("guest.sysenter.canonical")
 def check_guest_sysenter_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The guest IA32_SYSENTER_ESP and IA32_SYSENTER_EIP fields each hold a canonical address."""
-    yield from non_canonical(vmcs, caps, _SYSENTER)
+    return non_canonical(vmcs, caps, _SYSENTER)
 
 
 _GUEST_S_CET = VMCS_FIELDS["GUEST_S_CET"]
@@ -425,19 +425,22 @@ _DTR = (("GDTR", VMCS_FIELDS["GUEST_GDTR_BASE"], VMCS_FIELDS["GUEST_GDTR_LIMIT"]
         ("IDTR", VMCS_FIELDS["GUEST_IDTR_BASE"], VMCS_FIELDS["GUEST_IDTR_LIMIT"]))
 _DTR_BASES = tuple(base for _, base, _ in _DTR)
 _DTR_LIMIT_UPPER = BitRange(16, 31)  # SDM Vol. 3C §28.3.1.3: bits 31:16 of each limit field must be 0
+_DTR_LIMIT_UPPER_MASK = _DTR_LIMIT_UPPER.mask
 
 
 @entry_check("guest.dtr.base_canonical")
 def check_guest_dtr_base_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The guest GDTR and IDTR base fields each hold a canonical address."""
-    yield from non_canonical(vmcs, caps, _DTR_BASES)
+    return non_canonical(vmcs, caps, _DTR_BASES)
 
 
 @entry_check("guest.dtr.limit_upper_bits")
 def check_guest_dtr_limit_upper_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """Bits 31:16 of the guest GDTR and IDTR limit fields are 0 (the limits are 16 bits)."""
     for register, _, limit in _DTR:
-        yield from _clear_bits_problem(limit, vmcs.get(limit), _DTR_LIMIT_UPPER, f"a {register} limit has 16 bits")
+        value = vmcs.get(limit)
+        if value & _DTR_LIMIT_UPPER_MASK:
+            yield from _clear_bits_problem(limit, value, _DTR_LIMIT_UPPER, f"a {register} limit has 16 bits")
 
 
 # ----------------------------------------------------------------------------- RIP, RFLAGS, SSP

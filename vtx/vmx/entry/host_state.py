@@ -74,28 +74,32 @@ def _misaligned(vmcs: Vmcs, fields: Iterable[VmcsField], low_bits: BitRange) -> 
 @entry_check("host.cr0.fixed_bits")
 def check_host_cr0_fixed_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The host CR0 field sets no bit to a value not supported in VMX operation (IA32_VMX_CR0_FIXED0/1)."""
-    yield from fixed_bit_problems(_HOST_CR0, "CR0", vmcs.get(_HOST_CR0), caps)
+    return fixed_bit_problems(_HOST_CR0, "CR0", vmcs.get(_HOST_CR0), caps)
 
 
 @entry_check("host.cr4.fixed_bits")
 def check_host_cr4_fixed_bits(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The host CR4 field sets no bit to a value not supported in VMX operation (IA32_VMX_CR4_FIXED0/1)."""
-    yield from fixed_bit_problems(_HOST_CR4, "CR4", vmcs.get(_HOST_CR4), caps)
+    return fixed_bit_problems(_HOST_CR4, "CR4", vmcs.get(_HOST_CR4), caps)
 
 
 _CR4_CET = reg_bit("CR4", "CET")
 _CR0_WP = reg_bit("CR0", "WP")
+_CR4_CET_MASK, _CR0_WP_MASK = _CR4_CET.mask, _CR0_WP.mask
 
 
 @entry_check("host.cr4.cet_needs_wp")
 def check_host_cr4_cet_needs_wp(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """If the host CR4 field sets CET, the host CR0 field sets WP."""
     cr4 = vmcs.get(_HOST_CR4)
-    if cr4 & _CR4_CET.mask:
+    if cr4 & _CR4_CET_MASK:
         cr0 = vmcs.get(_HOST_CR0)
-        if not cr0 & _CR0_WP.mask:
+        if not cr0 & _CR0_WP_MASK:
             yield (f"HOST_CR4 = {cr4:#x} sets CET (bit {_CR4_CET.bits}) but HOST_CR0 = {cr0:#x} "
                    f"clears WP (bit {_CR0_WP.bits})")
+
+
+_CR3_LAM_MASK = CR3_LAM.mask
 
 
 @entry_check("host.cr3.address_width")
@@ -104,9 +108,9 @@ def check_host_cr3_address_width(vmcs: Vmcs, caps: Capabilities, ctx: EntryConte
     (LAM_U48, LAM_U57) on processors that support linear-address masking."""
     cr3 = vmcs.get(_HOST_CR3)
     width = caps.require_fact("MAXPHYADDR")
-    beyond = cr3 & ~mask(width)
-    if beyond & ~CR3_LAM.mask:
-        yield (f"HOST_CR3 = {cr3:#x} sets bits {beyond & ~CR3_LAM.mask:#x} at or above the "
+    beyond = cr3 >> width << width
+    if beyond & ~_CR3_LAM_MASK:
+        yield (f"HOST_CR3 = {cr3:#x} sets bits {beyond & ~_CR3_LAM_MASK:#x} at or above the "
                f"physical-address width ({width} bits)")
     elif beyond and not caps.require_fact("CPUID_LAM"):
         yield (f"HOST_CR3 = {cr3:#x} sets the LAM bits {beyond:#x} (bits {CR3_LAM}) on a processor "
@@ -119,7 +123,7 @@ _HOST_SYSENTER = vmcs_fields("HOST_IA32_SYSENTER_ESP", "HOST_IA32_SYSENTER_EIP")
 @entry_check("host.sysenter.canonical")
 def check_host_sysenter_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The host IA32_SYSENTER_ESP and IA32_SYSENTER_EIP fields each hold a canonical address."""
-    yield from non_canonical(vmcs, caps, _HOST_SYSENTER)
+    return non_canonical(vmcs, caps, _HOST_SYSENTER)
 
 
 _HOST_CET_ADDRESSES = vmcs_fields("HOST_S_CET", "HOST_INTR_SSP_TABLE")
@@ -307,16 +311,17 @@ def check_host_spec_ctrl_reserved_bits(vmcs: Vmcs, caps: Capabilities, ctx: Entr
 # ----------------------------------------------------------------------------- §28.2.3 segment and table registers
 
 _HOST_SELECTORS = {reg: VMCS_FIELDS[f"HOST_{reg}_SELECTOR"] for reg in ("ES", "CS", "SS", "DS", "FS", "GS", "TR")}
+_HOST_SELECTOR_FIELDS = tuple(_HOST_SELECTORS.values())
 _RPL = reg_bit("SEGMENT_SELECTOR", "RPL")
 _TI = reg_bit("SEGMENT_SELECTOR", "TI")
+_RPL_TI = _RPL.mask | _TI.mask
 
 
 @entry_check("host.selectors.rpl_ti")
 def check_host_selectors_rpl_ti(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """In the host ES, CS, SS, DS, FS, GS and TR selector fields, RPL and TI are 0."""
-    for field in _HOST_SELECTORS.values():
-        selector = vmcs.get(field)
-        if selector & (_RPL.mask | _TI.mask):
+    for field, selector in zip(_HOST_SELECTOR_FIELDS, map(vmcs.get, _HOST_SELECTOR_FIELDS), strict=True):
+        if selector & _RPL_TI:
             yield (f"{field.name} = {selector:#06x} has RPL {_RPL.bits.get(selector)} and TI "
                    f"{_TI.bits.get(selector)}; both must be 0")
 
@@ -330,7 +335,7 @@ def _null_selectors(vmcs: Vmcs, registers: Iterable[str]) -> Iterator[str]:
 @entry_check("host.selectors.cs_tr_nonnull")
 def check_host_selectors_cs_tr_nonnull(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The host CS and TR selector fields are not 0000H."""
-    yield from _null_selectors(vmcs, ("CS", "TR"))
+    return _null_selectors(vmcs, ("CS", "TR"))
 
 
 @entry_check("host.selectors.ss_nonnull")
@@ -347,7 +352,7 @@ _HOST_BASES = vmcs_fields("HOST_FS_BASE", "HOST_GS_BASE", "HOST_GDTR_BASE", "HOS
 @entry_check("host.bases.canonical")
 def check_host_bases_canonical(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext) -> Iterator[str]:
     """The host FS, GS, GDTR, IDTR and TR base-address fields each hold a canonical address."""
-    yield from non_canonical(vmcs, caps, _HOST_BASES)
+    return non_canonical(vmcs, caps, _HOST_BASES)
 
 
 # ----------------------------------------------------------------------------- §28.2.4 address-space size
@@ -405,10 +410,13 @@ def check_host_32bit_cr4_fred(vmcs: Vmcs, caps: Capabilities, ctx: EntryContext)
         yield from _host_cr4_bit_problem(vmcs, "FRED", _CR4_FRED, required=False)
 
 
+_BITS_63_32_MASK = BITS_63_32.mask
+
+
 def _upper_bits_set(vmcs: Vmcs, fields: Iterable[VmcsField]) -> Iterator[str]:
     for field in fields:
         value = vmcs.get(field)
-        if value & BITS_63_32.mask:
+        if value & _BITS_63_32_MASK:
             yield (f"{field.name} = {value:#x} sets bits {BITS_63_32} while the 'host address-space size' "
                    "VM-exit control is 0")
 

@@ -14,6 +14,7 @@ from vtx.citation import Citation
 from vtx.conditions import Always, Condition, ProcessorFact, parse_condition
 from vtx.errors import NotEvaluable, SpecError
 from vtx.spec import CAPABILITY_MSRS, CPUID_FACTS, REGISTERS, VMCS_FIELDS, reg_bit
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.entry import EntryContext, Finding, entry_check
 from vtx.vmx.entry.common import canonical_problem, invalid_pat_entries, linear_width, reserved_mask
@@ -120,6 +121,7 @@ MSRs)."""
 _MSR_NAMES = {w.index: w.name for w in MSR_WRITES.values()} | {index: name for name, index in MSR_INDICES.items()}
 
 
+@checked
 def wrmsr_fault(index: int, data: int, caps: Capabilities) -> str | None:
     """Why WRMSR at CPL 0 of ``data`` to MSR ``index`` would raise #GP, or None if it would not.
 
@@ -174,6 +176,7 @@ class MsrLoadEntry:
                 f"{f' {name}' if name else ''}, data {self.data:#x})")
 
 
+@checked
 def read_msr_load_area(vmcs: Vmcs, ctx: EntryContext) -> Iterator[MsrLoadEntry]:
     """The entries of the VM-entry MSR-load area, in the order VM entry processes them."""
     base = vmcs.get(_ADDRESS)
@@ -202,6 +205,7 @@ def _check_list_length(count: int, caps: Capabilities) -> None:
                            "the processor's behaviour is undefined")
 
 
+@checked
 def first_refused_entry(vmcs: Vmcs, caps: Capabilities,
                         ctx: EntryContext) -> tuple[MsrLoadEntry, Mapping[str, str]] | None:
     """The first entry that a rule vtx can decide refuses, with every such rule's id and reason.
@@ -238,6 +242,7 @@ def _msr_load_rule(check_id: str) -> Callable[[MsrRule], MsrRule]:
     return register
 
 
+@checked
 @_msr_load_rule("msr_load.fs_gs_base")
 def refuses_fs_gs_base(entry: MsrLoadEntry, caps: Capabilities, ctx: EntryContext) -> str | None:
     """The entry does not name IA32_FS_BASE or IA32_GS_BASE."""
@@ -246,6 +251,7 @@ def refuses_fs_gs_base(entry: MsrLoadEntry, caps: Capabilities, ctx: EntryContex
     return None
 
 
+@checked
 @_msr_load_rule("msr_load.x2apic")
 def refuses_x2apic(entry: MsrLoadEntry, caps: Capabilities, ctx: EntryContext) -> str | None:
     """The entry does not name an x2APIC MSR (bits 31:8 of the index are not 000008H)."""
@@ -254,6 +260,7 @@ def refuses_x2apic(entry: MsrLoadEntry, caps: Capabilities, ctx: EntryContext) -
     return None
 
 
+@checked
 @_msr_load_rule("msr_load.smm_only")
 def refuses_smm_only(entry: MsrLoadEntry, caps: Capabilities, ctx: EntryContext) -> str | None:
     """The entry does not name an MSR writable only in SMM unless the VM entry started in SMM."""
@@ -262,6 +269,7 @@ def refuses_smm_only(entry: MsrLoadEntry, caps: Capabilities, ctx: EntryContext)
     return None
 
 
+@checked
 @_msr_load_rule("msr_load.model_specific")
 def refuses_model_specific(entry: MsrLoadEntry, caps: Capabilities, ctx: EntryContext) -> str | None:
     """The entry does not name an MSR that VM entry refuses to load for model-specific reasons (the
@@ -271,6 +279,7 @@ def refuses_model_specific(entry: MsrLoadEntry, caps: Capabilities, ctx: EntryCo
     return None
 
 
+@checked
 @_msr_load_rule("msr_load.reserved_bits")
 def refuses_reserved_bits(entry: MsrLoadEntry, caps: Capabilities, ctx: EntryContext) -> str | None:
     """Bits 63:32 of the entry (reserved) are 0."""

@@ -7,6 +7,7 @@ import attrs
 
 from vtx import spec
 from vtx.spec import ExitReason
+from vtx.typecheck import checked
 from vtx.vmx.exits.layouts import LAYOUTS
 from vtx.vmx.vmcs import Vmcs
 
@@ -73,6 +74,7 @@ class AfterEntry:
     exit: ExitInfo | None = None
 
 
+@checked
 def during_delivery(info: ExitInfo, *, vector: int, type: str, error_code: int | None = None) -> ExitInfo:
     """``info`` for an exit that occurred while an event was being delivered through the IDT: the
     IDT-vectoring information records that event (SDM Vol. 3C §29.2.4 "Information for VM Exits
@@ -81,6 +83,7 @@ def during_delivery(info: ExitInfo, *, vector: int, type: str, error_code: int |
     return attrs.evolve(info, idt_vectoring_info=raw, idt_vectoring_error_code=error_code or 0)
 
 
+@checked
 def record_exit(vmcs: Vmcs, info: ExitInfo) -> Vmcs:
     """``vmcs`` with the VM-exit information fields of ``info`` written (SDM Vol. 3C §29.2); fields
     the exit does not report keep their values, as the SDM leaves them."""

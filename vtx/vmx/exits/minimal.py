@@ -14,6 +14,7 @@ SDM Vol. 3C §26.6 "VM-Execution Control Fields"; built on :func:`vtx.vmx.templa
 from __future__ import annotations
 
 from vtx.spec import get_control
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.templates import build_template
 from vtx.vmx.vmcs import Vmcs
@@ -27,6 +28,7 @@ ZERO_FIELDS = ("CR0_GUEST_HOST_MASK", "CR4_GUEST_HOST_MASK", "CR0_READ_SHADOW", 
                "EXCEPTION_BITMAP", "PAGE_FAULT_ERROR_CODE_MASK", "PAGE_FAULT_ERROR_CODE_MATCH", "CR3_TARGET_COUNT")
 
 
+@checked
 def minimal_exit_vmcs(caps: Capabilities, *, template: str = "long-mode") -> Vmcs:
     """The minimal-exit VMCS for ``caps`` (see the module docstring)."""
     vmcs = build_template(template, caps)
@@ -37,6 +39,7 @@ def minimal_exit_vmcs(caps: Capabilities, *, template: str = "long-mode") -> Vmc
                              **dict.fromkeys(ZERO_FIELDS, 0)})
 
 
+@checked
 def default1_exits(caps: Capabilities) -> frozenset[str]:
     """The exiting controls the processor does not allow to be 0 (so the minimal VMCS keeps them)."""
     a0 = caps.allowed0("proc") or 0

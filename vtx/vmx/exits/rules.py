@@ -25,7 +25,18 @@ from vtx.paging.formats import PAGE_OFFSET_BITS
 from vtx.paging.guest import AccessKind
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
 from vtx.paging.outcomes import EptMisconfig, EptViolation, Translated
-from vtx.spec import CONTROL_FIELDS, ENCODING, VMCS_FIELDS, Control, get_control, get_exit_reason, reg_bit
+from vtx.spec import (
+    CONTROL_FIELDS,
+    CONTROLS,
+    ENCODING,
+    EXIT_REASONS,
+    VMCS_FIELDS,
+    Control,
+    get_control,
+    get_exit_reason,
+    reg_bit,
+)
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.exits import causes as C  # noqa: N812 - the cause tables, read everywhere below
 from vtx.vmx.exits.info import ExitInfo
@@ -59,13 +70,17 @@ def _gate(key: str) -> Control | None:
 _GATES = {key: _gate(key) for key in CONTROL_FIELDS.keys()}  # noqa: SIM118 - iterating yields records
 
 
+_CONTROL_BITS = {(c.field, c.name): (CONTROL_FIELDS[c.field].vmcs_field, c.mask, _GATES[c.field]) for c in CONTROLS}
+"""Each control's VMCS field, mask and activating control, by (field key, control name), for :func:`is_set`."""
+
+
 def is_set(vmcs: Vmcs, control: Control) -> bool:
     """Whether ``control`` is 1 and in effect (a secondary or tertiary control counts only while
     its control field is activated, SDM Vol. 3C §26.6.2 "Processor-Based VM-Execution Controls")."""
-    gate = _GATES[control.field]
+    field, bit, gate = _CONTROL_BITS[control.field, control.name]
     if gate is not None and not is_set(vmcs, gate):
         return False
-    return bool(vmcs.get(CONTROL_FIELDS[control.field].vmcs_field) & control.mask)
+    return bool(vmcs.get(field) & bit)
 
 
 def ctl(field: str, name: str) -> Control:
@@ -191,6 +206,7 @@ def _bit(memory: PhysicalMemory, base: int, index: int) -> bool:
     return bool(memory.read_int(HostPhysAddr(base + index // 8), 1) >> (index % 8) & 1)
 
 
+@checked
 def io_bitmap_exits(vmcs: Vmcs, memory: PhysicalMemory, port: int, size: int) -> bool:
     """With "use I/O bitmaps": exit iff the access wraps past FFFFH or a bit is set for any byte's
     port in bitmap A (ports 0000H-7FFFH) or B (8000H-FFFFH) (§26.6.4, §27.1.3)."""
@@ -204,6 +220,7 @@ def io_bitmap_exits(vmcs: Vmcs, memory: PhysicalMemory, port: int, size: int) ->
     return False
 
 
+@checked
 def msr_bitmap_exits(vmcs: Vmcs, memory: PhysicalMemory, msr: int, write: bool) -> bool:
     """With "use MSR bitmaps": exit iff the MSR lies outside 00000000H-00001FFFH and
     C0000000H-C0001FFFH, or its bit is set in the read or write bitmap of its range (§26.6.9)."""
@@ -227,6 +244,7 @@ def _mask_shadow(vmcs: Vmcs, cr: int) -> tuple[int, int]:
     return vmcs.get(_F[f"CR{cr}_GUEST_HOST_MASK"]), vmcs.get(_F[f"CR{cr}_READ_SHADOW"])
 
 
+@checked
 def read_cr(vmcs: Vmcs, cr: int, actual: int) -> int:
     """MOV from CR0/CR4 returns the read shadow for host-owned bits (set in the guest/host mask)
     and the register for guest-owned bits (§26.6.6)."""
@@ -238,8 +256,13 @@ def _cr_qual(access: str, cr: int = 0, gpr: int = 0, **extra: int) -> int:
     return _Q["cr_access"].encode(cr_number=cr, access_type=access, gpr=gpr, **extra)
 
 
+_EXIT_REASONS = {r.name: r for r in EXIT_REASONS}
+""":func:`~vtx.spec.get_exit_reason`, as a table."""
+
+
 def _exit(reason: str, op: Any = None, **info: Any) -> ExitInfo:
-    return ExitInfo(get_exit_reason(reason), instruction_length=getattr(op, "length", 0), **info)
+    return ExitInfo(_EXIT_REASONS.get(reason) or get_exit_reason(reason), instruction_length=getattr(op, "length", 0),
+                    **info)
 
 
 def _mov_to_cr(op: g.MovToCr, vmcs: Vmcs, s: GuestContext) -> Decision:
@@ -315,6 +338,7 @@ _ADDRESS_SIZES = {16: "a16", 32: "a32", 64: "a64"}
 _IO_SIZES = {1: "byte", 2: "word", 4: "dword"}
 
 
+@checked
 def memory_operand_info(layout: str, mem: g.MemOperand, **extra: int | str) -> int:
     """Instruction information for a memory operand (scaling, address size, segment, index and base)."""
     return _Q[layout].encode(
@@ -415,6 +439,7 @@ def _register_at(offset: int, size: int, registers: frozenset[int]) -> int | Non
     return start if inside else None
 
 
+@checked
 def is_apic_access_virtualized(vmcs: Vmcs, offset: int, size: int, access: AccessKind) -> bool:
     """Whether an access to the APIC-access page is virtualized instead of exiting (§31.4.2,
     §31.4.3): never a fetch; VTPR with "use TPR shadow"; with APIC-register virtualization the
@@ -451,12 +476,14 @@ def _apic_page_access(op: g.MemoryAccess, vmcs: Vmcs, offset: int) -> Decision:
     return _exit("APIC_WRITE", qualification=_Q["apic_write"].encode(offset=register), trap=True)
 
 
+@checked
 def is_tpr_below_threshold(vmcs: Vmcs, vtpr: int) -> bool:
     """Without virtual-interrupt delivery, VTPR[7:4] < TPR_THRESHOLD[3:0] (§31.1.2 "TPR Virtualization")."""
     return (not is_set(vmcs, ctl("proc2", "virtual_interrupt_delivery"))
             and C.VTPR_PRIORITY.get(vtpr) < C.TPR_THRESHOLD.get(vmcs.get(_F["TPR_THRESHOLD"])))
 
 
+@checked
 def read_vtpr(vmcs: Vmcs, memory: MemoryReader) -> int:
     """VTPR: the byte at offset 80H of the virtual-APIC page (§31.1.1)."""
     return memory.read_int(HostPhysAddr(vmcs.get(_F["VIRTUAL_APIC_PAGE_ADDR"]) + C.VTPR_OFFSET), 1)
@@ -493,6 +520,7 @@ class PauseLoop:
     exits: bool
 
 
+@checked
 def pause_loop(vmcs: Vmcs, s: GuestContext) -> PauseLoop:
     """The PAUSE-loop rule at TSC ``s.tsc`` (§27.1.3, PAUSE): a PAUSE is the first of a loop if it is
     the first at CPL 0 since VM entry or more than PLE_Gap ticks after the previous PAUSE at CPL 0;
@@ -618,6 +646,7 @@ def _pick(op: Any, causes: tuple[C.Cause, ...]) -> C.Cause:
     return next(c for c in causes if c.exit.name == name)
 
 
+@checked
 def decide(op: g.GuestOp, vmcs: Vmcs, state: GuestContext, *, caps: Capabilities | None = None) -> Decision:
     """What ``op`` does in VMX non-root operation under ``vmcs``: a fault in the guest (checked
     first, §27.1.1, except where the exit takes priority: MOV DR), #UD where the instruction's
@@ -647,6 +676,7 @@ def decide(op: g.GuestOp, vmcs: Vmcs, state: GuestContext, *, caps: Capabilities
     return fault or Executes()
 
 
+@checked
 def preemption_timer_countdown(value: int, tsc_before: int, tsc_after: int, rate: int) -> tuple[int, bool]:
     """The VMX-preemption timer after the TSC advanced from ``tsc_before`` to ``tsc_after``: it
     counts down by 1 each time bit ``rate`` (IA32_VMX_MISC bits 4:0) of the TSC changes, stops at
@@ -659,6 +689,7 @@ def preemption_timer_countdown(value: int, tsc_before: int, tsc_after: int, rate
     return new, new == 0
 
 
+@checked
 def preemption_rate(caps: Capabilities) -> int:
     """The timer's rate relative to the TSC (IA32_VMX_MISC bits 4:0); NotEvaluable if unknown."""
     rate = caps.msr_field("IA32_VMX_MISC", "preemption_timer_rate")
