@@ -10,11 +10,14 @@ from machine_fixtures import machine, scenario
 
 from vtx import spec
 from vtx.machine.designs import DESIGNS
+from vtx.machine.designs.hybrid import Hybrid
 from vtx.machine.executor import run
+from vtx.machine.layout import LAYOUT
 from vtx.machine.model import Event, LinearAccess, Machine
 from vtx.machine.run_cmd import RunReport, run_scenario
 from vtx.machine.scenario import DEFAULT_SCENARIO, build_machine, load_scenario, parse_scenario
 from vtx.paging.guest import AccessKind
+from vtx.paging.memory import HostPhysAddr
 from vtx.spec import VMCS_FIELDS, get_control, reg_bit
 from vtx.vmx.exits.info import ExitInfo
 from vtx.vmx.exits.rules import Executes, GuestContext, decide
@@ -208,9 +211,23 @@ def test_mmio_goes_to_user_space_on_hosted_and_is_handled_in_place_on_bare_metal
 
 
 def test_pv_ring_request_is_read_by_dom0_through_the_grant() -> None:
-    _, trace = _program({"op": "ring_notify", "value": 0x5A5A}, kind="pv", design="hybrid")
-    ring = [e for e in trace if e.kind == "handled" and e.get("action") == "ring"]
-    assert len(ring) == 1 and "0x5a5a" in ring[0].get("note") and ring[0].get("handler") == "dom0"
+    """The guest's VMCALL sends dom0 an event; dom0's vCPU, entered with that interrupt, reads the
+    request through its grant mapping (a guest access through dom0's EPT to the guest's ring page),
+    writes the response, and the guest, woken by an event, reads it."""
+    final, trace = _program({"op": "ring_notify", "value": 0x5A5A}, kind="pv", design="hybrid")
+    assert final.service is not None
+    ring_hpa = final.vms[0].backing + LAYOUT.ring_gpa
+    dom0 = [e for e in trace if e.vm == "dom0" and e.kind in ("inject", "access", "exit")]
+    assert [(e.kind, e.get("access") or e.get("reason")) for e in dom0] == [
+        ("inject", None), ("access", "read"), ("access", "write"), ("exit", "VMCALL")]
+    read, write = dom0[1], dom0[2]
+    assert (read.get("gva"), read.get("gpa"), read.get("hpa"), read.get("value")) == (
+        LAYOUT.grant_slot(0), LAYOUT.grant_slot(0), ring_hpa, 0x5A5A)
+    assert write.get("hpa") == ring_hpa + LAYOUT.ring_response and write.get("value") == 0x5A5A
+    seen = [e for e in trace if e.vm == "t" and e.kind == "access" and e.get("access") == "read"]
+    assert seen[-1].get("value") == 0x5A5A and seen[-1].step > write.step
+    assert any(e.kind == "inject" and e.vm == "t" and e.get("vector") == LAYOUT.event_vector for e in trace)
+    assert final.vms[0].vcpus[0].rax == 0x5A5A
 
 
 def test_without_the_grant_dom0_cannot_read_the_ring() -> None:
@@ -218,9 +235,12 @@ def test_without_the_grant_dom0_cannot_read_the_ring() -> None:
                         "vm": [{"name": "t", "kind": "pv", "program": [{"op": "ring_notify", "value": 9}]}]})
     m = build_machine(s, "hybrid")
     assert m.service is not None and m.vms[0].granted
-    m = attrs.evolve(m, service=attrs.evolve(m.service, mapped=frozenset()))
-    _, trace = run(m, 200)
-    assert [e.get("action") for e in trace if e.kind == "handled" and e.get("handler") == "dom0"] == ["ring_fault"]
+    m = Hybrid().unmap_grant(m, 0)
+    final, trace = run(m, 200)
+    faults = [e for e in trace if e.kind == "handled" and e.vm == "dom0" and e.get("action") == "grant_fault"]
+    assert len(faults) == 1 and final.service is not None and final.service.vcpus[0].failed
+    assert not any(e.vm == "dom0" and e.kind == "access" for e in trace)
+    assert final.vms[0].vcpus[0].waiting  # the frontend never gets its response
 
 
 def test_guest_accesses_record_gva_gpa_hpa_through_ept() -> None:
@@ -253,3 +273,19 @@ def test_a_guest_page_fault_is_delivered_in_the_guest_when_the_exception_bitmap_
     faults = [e for e in trace if e.kind == "executed" and e.get("operation") == "exception"]
     assert len(faults) == 1 and faults[0].op.vector == 14
     assert not any(e.kind == "exit" and e.get("reason") == "EXCEPTION_NMI" for e in trace)
+
+
+def test_an_access_crossing_a_page_uses_both_pages_translations() -> None:
+    """A store of 8 bytes at the last 4 bytes of a page writes 4 bytes to each page's host frame;
+    loads of either part, or of the whole, read them back (each page of the access is
+    translated separately: vtx.paging splits it)."""
+    program = [{"op": "store", "gva": 0x300FFC, "value": 0x1122334455667788},
+               {"op": "load", "gva": 0x300FFC}, {"op": "load", "gva": 0x301000, "size": 4},
+               {"op": "load", "gva": 0x300FFC, "size": 4}]
+    doc = {"tick": 0.0, "vm": [{"name": "g", "program": program}]}
+    machine, trace = run(build_machine(parse_scenario(doc), "bare_metal"), 200)
+    accesses = [e for e in trace if e.kind == "access"]
+    assert [e.get("value") for e in accesses] == [0x1122334455667788, 0x1122334455667788, 0x11223344, 0x55667788]
+    vm = machine.vms[0]
+    assert machine.memory.read_int(HostPhysAddr(vm.backing + 0x301000), 4) == 0x11223344
+    assert machine.memory.read_int(HostPhysAddr(vm.backing + 0x300FFC), 4) == 0x55667788

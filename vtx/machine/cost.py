@@ -14,6 +14,7 @@ import attrs
 
 from vtx.errors import SpecError
 from vtx.spec import _load
+from vtx.typecheck import checked
 
 COSTS_TABLE = "machine/costs.toml"
 
@@ -42,6 +43,7 @@ class Cost:
     note: str = ""
 
 
+@checked
 def load_costs(relpath: str = COSTS_TABLE) -> Mapping[str, Cost]:
     """The cost rows by name; SpecError naming the row for a bad reference or a negative price."""
     data = _load(relpath)
@@ -67,7 +69,9 @@ VM_ROUND_TRIP = "vm_round_trip"
 KERNEL_USER = "kernel_user_round_trip"
 DOM0 = "dom0_round_trip"
 MIGRATION = "vmcs_migration"
-SWITCH_KINDS = (VM_ROUND_TRIP, KERNEL_USER, DOM0, MIGRATION)
+PV_HYPERCALL = "pv_hypercall_round_trip"
+PV_TRAP = "pv_trap_round_trip"
+SWITCH_KINDS = (VM_ROUND_TRIP, KERNEL_USER, DOM0, MIGRATION, PV_HYPERCALL, PV_TRAP)
 """The switch kinds the designs and the executor report (each must be a row of the table)."""
 
 _missing = [k for k in SWITCH_KINDS if k not in COSTS]
@@ -75,6 +79,7 @@ if _missing:
     raise SpecError(COSTS_TABLE, _missing, "every switch kind the executor reports needs a [[cost]] row")
 
 
+@checked
 def price(switches: Iterable[str], costs: Mapping[str, Cost] = COSTS) -> tuple[Counter[str], int]:
     """The switches counted by kind and their total cycles."""
     counts = Counter(switches)

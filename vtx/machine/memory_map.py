@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import attrs
 
+from vtx.errors import InputError
 from vtx.kvm.boot import identity_tables
 from vtx.machine.model import Vm
 from vtx.paging.ept import ENTRY_BYTES, MEMORY_TYPE, EptLevel, R, W, X
 from vtx.paging.formats import EPT, PAGE_OFFSET_BITS, PAGE_SIZE
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
+from vtx.typecheck import checked
 
 _WB = next(t.value for t in EPT.memory_types if t.name == "WB")
 LEAF_BITS = R | W | X | MEMORY_TYPE.put(0, _WB)
@@ -24,6 +26,7 @@ TABLE_BITS = R | W | X
 """An EPT entry referencing the next table: every permission (the leaf decides)."""
 
 
+@checked
 def ept_map(memory: PhysicalMemory, vm: Vm, levels: tuple[EptLevel, ...], gpa: int, hpa: int,
             *, leaf_bits: int = LEAF_BITS) -> tuple[PhysicalMemory, Vm]:
     """Map the 4-KByte guest-physical page of ``gpa`` to the host page of ``hpa`` in ``vm``'s EPT,
@@ -44,22 +47,29 @@ def ept_map(memory: PhysicalMemory, vm: Vm, levels: tuple[EptLevel, ...], gpa: i
     return memory, attrs.evolve(vm, ept_next=free, mapped=vm.mapped | {page})
 
 
+@checked
 def backing_hpa(vm: Vm, gpa: int) -> int:
     """Where guest-physical ``gpa`` of a backed page lives in host memory."""
     return vm.backing + gpa
 
 
+@checked
 def map_backed(memory: PhysicalMemory, vm: Vm, levels: tuple[EptLevel, ...], gpa: int) -> tuple[PhysicalMemory, Vm]:
     """Map the backed guest page of ``gpa`` to its host page."""
     return ept_map(memory, vm, levels, gpa, backing_hpa(vm, gpa))
 
 
+@checked
 def install_guest_paging(memory: PhysicalMemory, vm: Vm, levels: tuple[EptLevel, ...], cr3: int,
                          identity_bytes: int) -> tuple[PhysicalMemory, Vm]:
     """Guest 4-level paging at guest-physical ``cr3`` mapping linear [0, ``identity_bytes``) to the
     same guest-physical addresses, written to the VM's backing and mapped in EPT (the hypervisor
     maps the pages the guest kernel's tables occupy eagerly, as a loader does)."""
     image = identity_tables(PhysicalMemory(), cr3, identity_bytes).memory
+    top = (max(image.page_numbers()) + 1) << PAGE_OFFSET_BITS
+    if not vm.is_backed(top - 1):
+        raise InputError(f"vm[{vm.index}].memory_mib", vm.memory_bytes >> 20,
+                         f"the guest's page tables occupy guest-physical [{cr3:#x}, {top:#x}): memory must cover them")
     for number in image.page_numbers():
         gpa = number << PAGE_OFFSET_BITS
         memory = memory.write(HostPhysAddr(backing_hpa(vm, gpa)), image.pages[number])

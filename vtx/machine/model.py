@@ -16,8 +16,10 @@ from typing import Any, ClassVar
 import attrs
 
 from vtx.guest_ops import GuestOp
+from vtx.machine.layout import LAYOUT, Layout
 from vtx.paging.guest import AccessKind
 from vtx.paging.memory import PhysicalMemory
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.operation import LogicalProcessor, Region
 
@@ -32,9 +34,25 @@ class LinearAccess:
     access: AccessKind = AccessKind.READ
     size: int = 8
     value: int = 0
+    from_rax: bool = False
+    """A store of the vCPU's RAX (what its last load read) instead of ``value``."""
 
 
-ProgramStep = GuestOp | LinearAccess
+@attrs.frozen
+class MapPage:
+    """A classic PV guest kernel maps linear page ``gva`` to a frame: its pseudo-physical frame
+    ``pfn`` (the kernel looks the machine frame up in its physical-to-machine table) or, with
+    ``machine``, the machine frame ``frame`` as written (what a buggy or hostile kernel could
+    write). The PTE write is an mmu_update hypercall the hypervisor validates."""
+
+    kind: ClassVar[str] = "map_page"
+    gva: int
+    frame: int
+    machine: bool = False
+    writable: bool = True
+
+
+ProgramStep = GuestOp | LinearAccess | MapPage
 
 
 @attrs.frozen
@@ -42,8 +60,13 @@ class Vcpu:
     """A virtual processor: its VMCS region, its program and where it is.
 
     ``pc`` indexes the next program step; ``pending_vector`` is an interrupt the hypervisor will
-    inject at the next VM entry; ``yielded`` means its last exit gave the processor up (HLT, a
-    host interrupt), so the scheduler picks again; ``failed`` names a VM-entry failure that stopped it."""
+    inject at the next VM entry (for a classic PV vCPU: an event upcall at the next resume);
+    ``yielded`` means its last exit gave the processor up (HLT, a host interrupt), so the
+    scheduler picks again; ``waiting`` means it is blocked until an event wakes it (a PV frontend
+    waiting for its backend's response); ``rax`` is what its last load read; ``failed`` names a
+    VM-entry failure that stopped it. ``pml_addr`` is the host-physical page of its
+    page-modification log (None: no PML); ``paused`` means the hypervisor stopped scheduling it
+    (a VM being saved or migrated)."""
 
     vm: int
     index: int
@@ -53,10 +76,14 @@ class Vcpu:
     pending_vector: int | None = None
     yielded: bool = False
     failed: str | None = None
+    waiting: bool = False
+    rax: int = 0
+    pml_addr: int | None = None
+    paused: bool = False
 
     @property
     def done(self) -> bool:
-        return self.pc >= len(self.program) or self.failed is not None
+        return self.pc >= len(self.program) or self.failed is not None or self.paused
 
     @property
     def name(self) -> str:
@@ -67,8 +94,14 @@ class Vcpu:
 class Vm:
     """A virtual machine: its EPT (root and next free table page, host-physical), the host-physical
     base of its backed guest memory, which guest-physical pages EPT maps so far, and the pages it
-    granted to the service VM. ``kind`` is ``hvm`` (devices are trapped) or ``pv`` (paravirtual
-    drivers: a shared ring and VMCALL hypercalls)."""
+    granted to the service VM. ``kind`` is ``hvm`` (devices are trapped), ``pv`` (paravirtual
+    drivers: a shared ring and VMCALL hypercalls), ``pv_classic`` (a classic Xen PV guest: no
+    VMCS, no EPT; ``cr3`` is the machine address of its top-level page table and ``page_tables``
+    the machine frames the hypervisor validated as its page tables) or ``service`` (dom0).
+    ``bitmaps`` is the host-physical base of the VM's MSR bitmap and I/O bitmaps A and B (0:
+    none); ``requests`` are the frontend vCPUs (vm, vcpu) whose ring requests the service VM has
+    been told of and not yet answered, oldest first. ``logged`` holds the guest-physical page
+    numbers the hypervisor drained from full page-modification logs and has not yet collected."""
 
     index: int
     name: str
@@ -80,7 +113,13 @@ class Vm:
     ept_next: int
     mapped: frozenset[int] = frozenset()
     granted: frozenset[int] = frozenset()
+    cr3: int = 0
+    page_tables: frozenset[int] = frozenset()
+    bitmaps: int = 0
+    requests: tuple[tuple[int, int], ...] = ()
+    logged: frozenset[int] = frozenset()
 
+    @checked
     def is_backed(self, gpa: int) -> bool:
         return 0 <= gpa < self.memory_bytes
 
@@ -93,7 +132,9 @@ class Machine:
     Structures": a VMCS is active on at most one logical processor). ``tick`` is the chance per
     step that the host timer interrupts a running guest (``tick_vector``); ``wakeup_vector`` is
     what a design injects into a halted vCPU. ``service`` is the hybrid design's service VM
-    (dom0), None otherwise."""
+    (dom0, whose index is ``len(vms)``), None otherwise: its vCPU is scheduled like the others.
+    ``layout`` says where the hypervisor places regions, tables and guest memory in host-physical
+    memory (restoring a VM allocates from it)."""
 
     caps: Capabilities
     design: str
@@ -109,16 +150,30 @@ class Machine:
     wakeup_vector: int
     step: int = 0
     service: Vm | None = None
+    layout: Layout = LAYOUT
+
+    def vm(self, index: int) -> Vm:
+        """VM ``index``: a guest VM, or the service VM (index ``len(vms)``)."""
+        if self.service is not None and index == self.service.index:
+            return self.service
+        return self.vms[index]
+
+    @property
+    def all_vms(self) -> tuple[Vm, ...]:
+        """The guest VMs and the service VM, if any."""
+        return self.vms if self.service is None else (*self.vms, self.service)
 
     def vcpu(self, vm: int, index: int) -> Vcpu:
-        return self.vms[vm].vcpus[index]
+        return self.vm(vm).vcpus[index]
 
     def with_vcpu(self, vcpu: Vcpu) -> Machine:
-        vm = self.vms[vcpu.vm]
+        vm = self.vm(vcpu.vm)
         vcpus = (*vm.vcpus[:vcpu.index], vcpu, *vm.vcpus[vcpu.index + 1:])
         return self.with_vm(attrs.evolve(vm, vcpus=vcpus))
 
     def with_vm(self, vm: Vm) -> Machine:
+        if self.service is not None and vm.index == self.service.index:
+            return attrs.evolve(self, service=vm)
         return attrs.evolve(self, vms=(*self.vms[:vm.index], vm, *self.vms[vm.index + 1:]))
 
     def with_lp(self, index: int, lp: LogicalProcessor) -> Machine:
@@ -132,7 +187,7 @@ class Machine:
 
     @property
     def all_done(self) -> bool:
-        return all(v.done for vm in self.vms for v in vm.vcpus)
+        return all(v.done for vm in self.all_vms for v in vm.vcpus)
 
 
 HEX_KEYS = frozenset({"address", "gva", "gpa", "hpa", "qualification", "vector"})
@@ -142,7 +197,8 @@ HEX_KEYS = frozenset({"address", "gva", "gpa", "hpa", "qualification", "vector"}
 @attrs.frozen
 class Event:
     """One trace record: ``step``, ``kind`` (``vmx``, ``entry``, ``exit``, ``handled``, ``access``,
-    ``executed``, ``guest_fault``, ``inject``, ``migrate``), the processor, VM and vCPU it
+    ``executed``, ``guest_fault``, ``inject``, ``migrate``; for classic PV guests ``pv_enter``,
+    ``native``, ``direct_access``, ``trap``, ``hypercall``), the processor, VM and vCPU it
     concerns, and ``detail`` (JSON-ready key/value pairs). ``op``, ``vmcs`` and ``decision`` keep
     the guest operation, the VMCS in force and the exit rules' decision for the checkers; they are
     not part of the JSON form."""

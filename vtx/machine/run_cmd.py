@@ -14,11 +14,13 @@ from typing import Any
 
 import attrs
 
+from vtx.inputs import in_file
 from vtx.machine.cost import COSTS, price
 from vtx.machine.designs import get_design
 from vtx.machine.executor import run
 from vtx.machine.model import Machine, Trace
 from vtx.machine.scenario import DEFAULT_SCENARIO, Scenario, build_machine, load_scenario
+from vtx.typecheck import checked
 
 
 @attrs.frozen
@@ -53,6 +55,7 @@ class RunReport:
         }
 
 
+@checked
 def run_scenario(scenario: Scenario) -> list[RunReport]:
     """Run ``scenario`` once under each of its designs."""
     reports = []
@@ -62,6 +65,7 @@ def run_scenario(scenario: Scenario) -> list[RunReport]:
     return reports
 
 
+@checked
 def report_lines(reports: list[RunReport]) -> list[str]:
     lines = []
     for r in reports:
@@ -79,6 +83,7 @@ def report_lines(reports: list[RunReport]) -> list[str]:
     return lines
 
 
+@checked
 def scenario_json(scenario_path: Path, reports: list[RunReport], *, trace: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"file": str(scenario_path), "runs": [r.summary() for r in reports]}
     if trace:
@@ -97,7 +102,8 @@ def verify_report() -> tuple[list[RunReport], list[str], dict[str, Any]]:
 def cmd_run(args: argparse.Namespace) -> int:
     """Run a scenario under each of its designs and report."""
     scenario = load_scenario(args.scenario)
-    reports = run_scenario(scenario)
+    with in_file(args.scenario):
+        reports = run_scenario(scenario)
     if args.json:
         print(json.dumps(scenario_json(args.scenario, reports, trace=args.trace), indent=2))
     else:
