@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from kvm_budget import KVM_EXAMPLES
 
 from vtx.kvm import boot
-from vtx.kvm.boot import ENTRY_BYTES, MODE, P, PageTables
+from vtx.kvm.boot import ENTRY_BYTES
 from vtx.kvm.device import CpuidEntry, Kvm, SlotSpec
 from vtx.kvm.personality import paging_features, with_fact
 from vtx.kvm.runner import restrict, slot_memory, start
@@ -34,14 +34,10 @@ from vtx.paging.formats import PAGE_OFFSET_BITS
 from vtx.paging.guest import Access, AccessKind, translate
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
 from vtx.paging.outcomes import Translated
+from vtx.strategies import GuestMappings, guest_page_tables
 
 TABLES = SlotSpec(1, 0x100000, 0x40000)
 READ = Access(AccessKind.READ)
-RW, US = boot.RW, boot.GUEST.entry["user"].mask
-PAGE_SIZES = tuple(lv.page_size for lv in MODE.levels if lv.page is not None)
-INDEXES = st.integers(0, 3)
-XD = boot.GUEST.entry["execute_disable"].mask
-BITS = st.sampled_from([P, P | RW, P | US, P | RW | US, 0, RW, P | RW | XD])
 CPUID_CHOICES = ("none", "supported", "supported+1gb")
 
 
@@ -59,29 +55,10 @@ def cpuid_for(kvm: Kvm, choice: str) -> tuple[CpuidEntry, ...]:
 
 
 
-@st.composite
-def mappings(draw: st.DrawFn) -> tuple[PageTables, list[int]]:
-    tables = PageTables.empty(PhysicalMemory(), TABLES.gpa)
-    glas = []
-    for _ in range(draw(st.integers(1, 6))):
-        size = draw(st.sampled_from(PAGE_SIZES))
-        gla = 0
-        for lv in MODE.levels:
-            if lv.page_size < size:
-                break
-            gla |= draw(INDEXES) << lv.index.lo
-        gla |= draw(st.integers(0, size - 1))
-        gpa = draw(st.integers(0, (1 << 52) - 1) | st.integers(0, (1 << 32) - 1)) & ~(size - 1)
-        tables = tables.map(gla, gpa, size, draw(BITS), draw(BITS))
-        glas.append(gla)
-    glas += draw(st.lists(st.integers(0, (1 << 40) - 1), max_size=2))
-    return tables, glas
-
-
 @settings(max_examples=KVM_EXAMPLES)
-@given(mappings(), st.sampled_from(CPUID_CHOICES))
-def test_kvm_translate_agrees_with_guest_walk(kvm: Kvm, case: tuple[PageTables, list[int]], choice: str) -> None:
-    tables, glas = case
+@given(guest_page_tables(root=TABLES.gpa, index_range=4), st.sampled_from(CPUID_CHOICES))
+def test_kvm_translate_agrees_with_guest_walk(kvm: Kvm, case: GuestMappings, choice: str) -> None:
+    tables, glas, _ = case
     cpuid = cpuid_for(kvm, choice)
     features = paging_features(cpuid, supported_cpuid(kvm))
     image = boot.BootImage(boot.boot_image(b"", memory=tables.memory).memory, tables.root, boot.LAYOUT["code"])
