@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import attrs
 
+from vtx.typecheck import checked
+
 
 def mask(width: int) -> int:
     """The mask of the ``width`` low-order bits."""
@@ -38,6 +40,7 @@ class BitRange:
         return f"{self.hi}:{self.lo}" if self.hi != self.lo else str(self.lo)
 
 
+@checked
 def bit(n: int) -> int:
     """The mask of bit ``n``."""
     return 1 << n

@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vtx import __version__, spec
+from vtx import __version__, prove_cmd, spec
+from vtx.cluster import cluster_cmd
 from vtx.dumps import explain_cmd
 from vtx.errors import VtxError
-from vtx.machine import run_cmd
+from vtx.machine import run_cmd, snapshot_cmd
 from vtx.paging import translate_cmd
 from vtx.vmx import check_cmd
 from vtx.vmx.capabilities import preset_names, resolve_capabilities
@@ -48,8 +49,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
     summary["profile"] = caps.name
     reports, scenario_lines, scenario = run_cmd.verify_report()
     status = 0 if all(r.finished for r in reports) else 1
+    proof_status, proof_lines, proofs = prove_cmd.prove_report()
+    status = max(status, proof_status)
     if args.json:
-        print(json.dumps({**summary, "scenario": scenario}, indent=2))
+        print(json.dumps({**summary, "scenario": scenario, "prove": proofs}, indent=2))
         return status
     print(f"vtx {__version__}: catalogues of SDM {spec.SDM.number} ({spec.SDM.date}) load and cross-check")
     for key, value in summary.items():
@@ -58,6 +61,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     print(f"  presets                  {', '.join(summary['presets'])}")
     print(f"  profile                  {caps.name} (consistent)")
     print("\n".join(scenario_lines))
+    print("\n".join(proof_lines))
     return status
 
 
@@ -122,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     check_cmd.add_parsers(sub)
     explain_cmd.add_parser(sub)
     run_cmd.add_parser(sub)
+    snapshot_cmd.add_parser(sub)
+    prove_cmd.add_parser(sub)
+    cluster_cmd.add_parser(sub)
     return parser
 
 

@@ -13,6 +13,7 @@ import re
 import attrs
 
 from vtx.errors import SpecError
+from vtx.typecheck import checked
 
 
 @attrs.frozen
@@ -125,6 +126,7 @@ def _parse_term(text: str, where: str) -> Term:
     raise SpecError(where, repr(text), "not a condition term (see spec/README.md)")
 
 
+@checked
 def parse_condition(text: str, where: str) -> Condition:
     """Parse ``"a | b"``; ``where`` names the row for error messages."""
     parts = [p.strip() for p in text.split("|")]

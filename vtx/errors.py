@@ -19,7 +19,16 @@ class VtxError(Exception):
         self.where = where
         self.value = value
         self.rule = rule
-        super().__init__(f"{where}: {value!s}: {rule}")
+        super().__init__(f"{_cut(where, MAX_WHERE)}: {_cut(str(value), MAX_VALUE)}: {_cut(rule, MAX_RULE)}")
+
+
+MAX_WHERE, MAX_VALUE, MAX_RULE = 120, 80, 360
+"""How much of each part a message shows, so that it stays one readable line whatever the input
+held (a value or a library's message can be arbitrarily long)."""
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[:most - 3] + "..."
 
 
 class SpecError(VtxError):

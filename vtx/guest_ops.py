@@ -16,6 +16,7 @@ from typing import Any, ClassVar, get_args
 import attrs
 
 from vtx.paging.guest import AccessKind
+from vtx.typecheck import checked
 
 INSTRUCTION_MNEMONICS = (
     "cpuid", "getsec", "invd", "xsetbv", "hlt", "mwait", "monitor", "pause", "rdpmc", "rdtsc", "rdtscp",
@@ -79,6 +80,7 @@ class Instruction:
     operand_size: int = attrs.field(default=64, validator=attrs.validators.in_((16, 32, 64)))
 
 
+@checked
 @attrs.frozen
 class LeafInstruction:
     """ENCLS, ENCLV or PCONFIG with leaf function ``leaf`` (EAX)."""
@@ -106,6 +108,7 @@ class Invpcid:
     length: int = 0
 
 
+@checked
 @attrs.frozen
 class MovToCr:
     """MOV to CR0, CR3, CR4 or CR8 from general-purpose register ``gpr`` holding ``value``."""
@@ -117,6 +120,7 @@ class MovToCr:
     length: int = 0
 
 
+@checked
 @attrs.frozen
 class MovFromCr:
     kind: ClassVar[str] = "mov_from_cr"
@@ -141,6 +145,7 @@ class Lmsw:
     length: int = 0
 
 
+@checked
 @attrs.frozen
 class MovDr:
     kind: ClassVar[str] = "mov_dr"
@@ -150,6 +155,7 @@ class MovDr:
     length: int = 0
 
 
+@checked
 @attrs.frozen
 class Io:
     """IN, OUT, INS or OUTS: ``size`` bytes (1, 2, 4) at ``port``; ``immediate`` when the port is an
@@ -192,6 +198,7 @@ class MsrList:
     length: int = 0
 
 
+@checked
 @attrs.frozen
 class DescriptorTable:
     """LGDT, LIDT, SGDT, SIDT (memory operand), LLDT, LTR, SLDT, STR (memory or register ``reg``)."""
@@ -298,6 +305,7 @@ class TripleFault:
     kind: ClassVar[str] = "triple_fault"
 
 
+@checked
 @attrs.frozen
 class TaskSwitch:
     """A task switch to TSS ``selector`` by ``source`` (``call``, ``iret``, ``jmp``, ``task_gate``)."""
@@ -392,6 +400,7 @@ Intercepts"): under VMX PUSHF, POPF, IRET and ICEBP execute (ICEBP's #DB goes th
 bitmap), and the SVM instructions are #UD."""
 
 
+@checked
 @attrs.frozen
 class SvmInstruction:
     """An instruction that only AMD-V intercepts. ``illegal`` marks an INVLPGB whose operands are

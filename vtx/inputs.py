@@ -16,6 +16,7 @@ from typing import Any
 
 from vtx.bits import mask, parse_int
 from vtx.errors import InputError
+from vtx.typecheck import checked
 
 MAX_INPUT_BYTES = 16 << 20
 """The largest input file vtx reads (16 MiB): a bound on time and memory, far above any real input."""
@@ -49,6 +50,7 @@ def in_file(path: Path, *others: Path | None) -> Iterator[None]:
         raise InputError(f"{path}: {e.where}", e.value, e.rule) from e
 
 
+@checked
 def read_text(path: Path, *, errors: str = "strict") -> str:
     """The UTF-8 text of an input file; InputError naming the file when it is unreadable or too large."""
     try:
@@ -60,6 +62,7 @@ def read_text(path: Path, *, errors: str = "strict") -> str:
         raise InputError(str(path), "unreadable", str(e)) from e
 
 
+@checked
 def parse_json(text: str, source: str) -> Any:
     """The JSON value of ``text``; InputError naming ``source``, line and column on failure."""
     try:
@@ -70,6 +73,7 @@ def parse_json(text: str, source: str) -> Any:
         raise InputError(source, "invalid JSON", "arrays and objects are nested too deeply to read") from e
 
 
+@checked
 def json_int(value: object, where: str, bits: int = 64) -> int:
     """An unsigned ``bits``-bit integer from an int or a hex string."""
     try:
@@ -81,12 +85,14 @@ def json_int(value: object, where: str, bits: int = 64) -> int:
     return v
 
 
+@checked
 def json_bool(value: object, where: str) -> bool:
     if not isinstance(value, bool):
         raise InputError(where, shown(value), "must be true or false")
     return value
 
 
+@checked
 def json_object(doc: Mapping[str, Any], key: str, allowed: tuple[str, ...], *,
                 required: bool = False) -> dict[str, Any]:
     """The object under ``key``, whose keys must all be in ``allowed``."""
@@ -105,6 +111,7 @@ def json_object(doc: Mapping[str, Any], key: str, allowed: tuple[str, ...], *,
     return value
 
 
+@checked
 def check_keys(doc: object, allowed: tuple[str, ...], where: str = "input") -> Mapping[str, Any]:
     """``doc`` as an object whose keys are all in ``allowed``."""
     if not isinstance(doc, dict):
@@ -116,6 +123,7 @@ def check_keys(doc: object, allowed: tuple[str, ...], where: str = "input") -> M
     return doc
 
 
+@checked
 def listed(allowed: tuple[str, ...], most: int = 12) -> str:
     """The allowed keys, the first ``most`` of a long list and a count of the rest."""
     rest = len(allowed) - most

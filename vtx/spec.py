@@ -32,6 +32,7 @@ from vtx.conditions import (
     parse_condition,
 )
 from vtx.errors import InputError, SpecError
+from vtx.typecheck import checked
 
 SPEC_DIR = Path(os.environ.get("VTX_SPEC_DIR", Path(__file__).resolve().parent.parent / "spec"))
 """Where the tables live: ``spec/`` beside the package (override with ``VTX_SPEC_DIR``)."""
@@ -190,6 +191,7 @@ class EncodingLayout:
     def reserved_mask(self) -> int:
         return self.reserved_low.mask | self.reserved_high.mask
 
+    @checked
     def compose(self, width: FieldWidth, type_: FieldType, index: int, high: bool = False) -> int:
         """The encoding of the field with this width, type and index."""
         enc = self.width.put(0, self.width_codes[width])
@@ -197,10 +199,12 @@ class EncodingLayout:
         enc = self.index.put(enc, index)
         return self.access_type.put(enc, int(high))
 
+    @checked
     def decode_width(self, encoding: int) -> FieldWidth:
         code = self.width.get(encoding)
         return next(w for w, c in self.width_codes.items() if c == code)
 
+    @checked
     def decode_type(self, encoding: int) -> FieldType:
         code = self.type.get(encoding)
         return next(t for t, c in self.type_codes.items() if c == code)
@@ -289,6 +293,7 @@ class VmcsField:
         return f"{self.name} ({self.encoding:#06x})"
 
 
+@checked
 class FieldCatalogue(Catalogue[str, VmcsField]):
     """Every VMCS field, by name; also by encoding and by ``_HIGH`` access."""
 
@@ -308,6 +313,7 @@ class FieldCatalogue(Catalogue[str, VmcsField]):
         """The field an encoding names and whether it is the high access; None if undefined."""
         return self._by_encoding.get(encoding)
 
+    @checked
     def resolve(self, ref: str | int) -> tuple[VmcsField, bool]:
         """The field named by a Linux-style name (``GUEST_CR0``, ``EPT_POINTER_HIGH``), an
         encoding (int) or an encoding written as a string (``"0x6800"``).
@@ -334,6 +340,7 @@ class FieldCatalogue(Catalogue[str, VmcsField]):
                 return f, True
         raise InputError("VMCS field", repr(ref), "no VMCS field has this name (names follow Linux's enum vmcs_field)")
 
+    @checked
     def field(self, ref: str | int) -> VmcsField:
         """The field ``ref`` names (full access only); InputError otherwise."""
         f, high = self.resolve(ref)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,3 +125,27 @@ raw_inputs = st.one_of(st.binary(max_size=300), st.text(max_size=300).map(lambda
 
 def dumps(doc: Any) -> bytes:
     return json.dumps(doc).encode()
+
+
+def toml_value(v: Any) -> str:
+    """``v`` as a TOML value (inline tables and arrays); TOML has no null, so ``None`` is a
+    string the parser must refuse by type."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf") if math.isinf(v) else repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(x)}" for k, x in v.items()) + "}"
+    return json.dumps(str(v))
+
+
+def toml_document(doc: Any) -> str:
+    if not isinstance(doc, dict):
+        return f"value = {toml_value(doc)}\n"
+    return "".join(f"{json.dumps(str(k))} = {toml_value(v)}\n" for k, v in doc.items())

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 from fuzz_harness import check_file, run_cli, scratch, template_json
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vtx import inputs
 from vtx.errors import InputError
+from vtx.machine.scenario import MAX_STEPS, parse_scenario
 from vtx.paging import guest
 from vtx.paging.ept import ept_from_eptp, translate_gpa
 from vtx.paging.guest import Access, AccessKind, PagingFeatures, PagingState
@@ -164,3 +167,50 @@ def test_many_contradicting_msrs_give_a_short_message() -> None:
     with pytest.raises(InputError) as e:
         Capabilities.from_json({"IA32_VMX_PINBASED_CTLS": 1, "IA32_VMX_PROCBASED_CTLS": 1})
     assert "more)" in str(e.value) and len(str(e.value)) < 600
+
+
+def test_a_scenario_value_is_shown_cut_short() -> None:
+    """A [[vm]] entry that is a long array used to be printed whole (a 650-character message)."""
+    vm = '{name = "c", program = [' + ", ".join(['{op = "cpuid"}'] * 40) + "]}"
+    r = check_file(["run"], f"vm = [{vm}, [{vm}, {vm}]]\n", name="scenario.toml")
+    assert r.code == 2 and "vm[1]" in last_error(r.err) and "..." in last_error(r.err)
+
+
+def test_a_huge_scenario_file_is_refused_before_it_is_read() -> None:
+    path = scratch() / "big.toml"
+    path.write_bytes(b"#" * (inputs.MAX_INPUT_BYTES + 1))
+    r = run_cli(["run", str(path)])
+    assert r.code == 2 and "larger than" in r.err
+
+
+SMALL_SCENARIO = {"vm": [{"name": "a", "workload": "compute", "length": 2}]}
+
+
+@given(st.integers(MAX_STEPS + 1, 2**70))
+def test_a_scenario_run_is_bounded_in_steps(steps: int) -> None:
+    """``steps`` had no upper bound: a file could ask for an endless run."""
+    try:
+        parse_scenario({**SMALL_SCENARIO, "steps": steps})
+    except InputError as e:
+        assert e.where == "steps"
+    else:
+        raise AssertionError("an unbounded run was accepted")
+
+
+def test_more_vms_than_the_layout_holds_are_refused() -> None:
+    """Any number of VMs was accepted, but VM 16's EPT area is dom0's: the layout holds 16 VMs."""
+    vms = [{"name": f"v{n}", "workload": "compute", "length": 1} for n in range(17)]
+    parse_scenario({"vm": vms[:16]})
+    try:
+        parse_scenario({"vm": vms})
+    except InputError as e:
+        assert e.where == "vm" and "16" in e.rule
+    else:
+        raise AssertionError("17 VMs were accepted")
+
+
+def test_guest_memory_too_small_for_its_page_tables_is_refused() -> None:
+    """With memory_mib = 1 the guest's page tables (at guest-physical 1 MiB) lay outside its memory,
+    and the design mapped them outside the VM's partition (found by the stateful isolation test)."""
+    r = check_file(["run"], '[[vm]]\nname = "a"\nmemory_mib = 1\n', name="scenario.toml")
+    assert r.code == 2 and "vm[0].memory_mib" in r.err

@@ -29,6 +29,7 @@ from vtx.dumps.reader import Dump
 from vtx.errors import NotEvaluable, SpecError
 from vtx.paging.memory import HostPhysAddr
 from vtx.spec import VMCS_FIELDS, Catalogue, _Table
+from vtx.typecheck import checked
 from vtx.vmx import check_cmd
 from vtx.vmx.capabilities import resolve_capabilities
 from vtx.vmx.entry import REGISTRY, EntryContext, Finding
@@ -63,6 +64,7 @@ _ORDER = {c.id: n for n, c in enumerate(ENTRY_CHECKS)}
 class UnknownMemory:
     """The physical memory of a text dump: unknown, so reading it makes the check not evaluable."""
 
+    @checked
     def read_int(self, address: HostPhysAddr, size: int) -> int:
         raise NotEvaluable(f"memory at {address:#x}", f"{size} bytes", "a text dump shows no physical memory")
 
@@ -97,6 +99,7 @@ class Explanation:
         return tuple(r for r in self.results if r.status == NOT_EVALUABLE)
 
 
+@checked
 def explain_dump(dump: Dump, *, profile: str | None = None, msrs: Path | None = None) -> Explanation:
     """Run every VM-entry check on ``dump`` with the capabilities of ``profile`` / ``msrs``."""
     known: frozenset[str] | None = None  # fields and processor state the dump gives; None = all

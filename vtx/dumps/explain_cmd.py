@@ -21,6 +21,7 @@ from vtx.dumps.explain import Explanation, explain_dump
 from vtx.dumps.reader import read_dumps
 from vtx.errors import InputError
 from vtx.inputs import in_file, read_text
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import load_preset
 
 _BASIC = spec.EXIT_REASON_FORMAT["basic_exit_reason"].bits
@@ -32,6 +33,7 @@ def _hex(value: int | None) -> str | None:
     return None if value is None else f"{value:#x}"
 
 
+@checked
 def to_json(explanations: list[Explanation]) -> dict[str, Any]:
     """The ``--json`` document: per dump its format, line, failing and not-evaluable checks, counts."""
     return {"dumps": [{
@@ -50,6 +52,7 @@ def _exit_reason(value: int) -> str:
     return f"{value:#x} (basic reason {_BASIC.get(value)}: {title}{failed})"
 
 
+@checked
 def render(explanations: list[Explanation]) -> str:
     """The readable report: one block per dump."""
     out: list[str] = []

@@ -22,6 +22,7 @@ from vtx.bits import mask
 from vtx.dumps import formats as fmt
 from vtx.errors import InputError
 from vtx.spec import VMCS_FIELDS
+from vtx.typecheck import checked
 
 JSON_FORMAT = "vtx-json"
 
@@ -60,6 +61,7 @@ class ReadResult:
     problems: tuple[tuple[int, str], ...]
 
 
+@checked
 def strip_prefix(line: str) -> tuple[str, bool]:
     """The line without its log prefixes, and whether one of them was Xen's ``(XEN)``."""
     text, xen = line.strip(), False
@@ -118,6 +120,7 @@ def _read_json(text: str, source: str) -> ReadResult:
     return ReadResult((Dump(JSON_FORMAT, 1, document=doc),), ())
 
 
+@checked
 def read_dumps(text: str, source: str = "input") -> ReadResult:
     """Every dump in ``text`` (``source`` names the file in error messages)."""
     if text.lstrip().startswith("{"):

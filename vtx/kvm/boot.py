@@ -21,6 +21,7 @@ from vtx.paging.formats import GUEST, PAGE_OFFSET_BITS, PAGE_SIZE, LevelFormat
 from vtx.paging.guest import PS, PagingState
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
 from vtx.spec import _bits, _load, _Table, reg_bit
+from vtx.typecheck import checked
 
 _T = _Table("kvm/boot.toml")
 DESCRIPTOR: Mapping[str, BitRange] = {r["name"]: _bits(r["bits"], _T.where("descriptor_bit", r))
@@ -56,6 +57,7 @@ def _split(base: int, limit: int) -> dict[str, int]:
             "limit_low": limit & mask(limit_low), "limit_high": limit >> limit_low}
 
 
+@checked
 def segment(selector: int, value: int) -> Segment:
     """The segment register KVM is given for a descriptor: the hidden part a load of
     ``selector`` would cache (limit in bytes: scaled by 4 KBytes when G = 1, §3.4.5)."""
@@ -88,12 +90,15 @@ class PageTables:
     next_table: int
 
     @classmethod
+    @checked
     def empty(cls, memory: PhysicalMemory, root: int) -> PageTables:
         return cls(memory, root, root + PAGE_SIZE)
 
+    @checked
     def entry_address(self, table: int, level: LevelFormat, gla: int) -> int:
         return table + level.index.get(gla) * ENTRY_BYTES
 
+    @checked
     def map(self, gla: int, gpa: int, page_size: int, leaf_bits: int, table_bits: int = P | RW) -> PageTables:
         """Map the ``page_size`` page at ``gla`` to ``gpa`` with an entry setting
         ``leaf_bits`` (PS added where the level maps pages only with PS = 1), creating the
@@ -118,6 +123,7 @@ class PageTables:
         raise ValueError(f"no level maps {page_size:#x}-byte pages")
 
 
+@checked
 def identity_tables(memory: PhysicalMemory, root: int, size: int) -> PageTables:
     """Paging structures that map guest-linear [0, ``size``) to the same guest-physical
     addresses with the largest pages the 4-level mode has below 1 GByte (2-MByte PDEs),
@@ -142,6 +148,7 @@ class BootImage:
         """The translation registers, as vtx.paging reads them."""
         return PagingState(CR0, self.cr3, CR4, EFER, RFLAGS)
 
+    @checked
     def sregs(self, base: Sregs) -> Sregs:
         """``base`` (what KVM_GET_SREGS returned) with the boot segments, GDT, control
         registers and EFER."""
@@ -153,6 +160,7 @@ class BootImage:
                             gdt=DTable(LAYOUT["gdt"], gdt_bytes - 1), cr0=CR0, cr3=self.cr3, cr4=CR4, efer=EFER)
 
 
+@checked
 def boot_image(code: bytes, *, memory: PhysicalMemory | None = None, tables: PageTables | None = None) -> BootImage:
     """The GDT, the identity-mapping page tables (unless ``tables`` gives others) and ``code``
     at the layout's addresses of spec/kvm/boot.toml, over ``memory``."""
@@ -169,6 +177,7 @@ def boot_image(code: bytes, *, memory: PhysicalMemory | None = None, tables: Pag
     return BootImage(memory, tables.root, LAYOUT["code"])
 
 
+@checked
 def load(vm: Vm, memory: PhysicalMemory) -> None:
     """Copy every page of ``memory`` that a slot of ``vm`` backs into that slot (pages no slot
     backs are left out: they are the model's, not the guest's)."""

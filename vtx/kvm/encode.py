@@ -17,6 +17,7 @@ import attrs
 from vtx.bits import BitRange, mask
 from vtx.errors import InputError
 from vtx.spec import Catalogue, _bits, _Table
+from vtx.typecheck import checked
 
 _T = _Table("kvm/encodings.toml")
 _PREFIX = _T.data["prefix"]
@@ -169,6 +170,7 @@ def _absolute(reg: int, address: int) -> bytes:
     return bytes([modrm, sib]) + address.to_bytes(_ABS["disp_bytes"], "little")
 
 
+@checked
 def encode(ins: Instruction) -> bytes:
     """The machine code of one instruction."""
     if isinstance(ins, Out | In):
@@ -193,6 +195,7 @@ def encode(ins: Instruction) -> bytes:
     return enc.opcode + _imm(ins.rel, _REL8_BITS, f"{enc.name}.rel", signed=True)
 
 
+@checked
 def assemble(program: Iterable[Instruction]) -> bytes:
     """The machine code of a sequence of instructions."""
     return b"".join(encode(i) for i in program)

@@ -6,11 +6,13 @@ import errno
 import os
 
 from vtx.errors import VtxError
+from vtx.typecheck import checked
 
 DEVICE = "/dev/kvm"
 """The KVM device node."""
 
 
+@checked
 def errno_text(code: int) -> str:
     """``ENOENT (2): No such file or directory``."""
     return f"{errno.errorcode.get(code, '?')} ({code}): {os.strerror(code)}"

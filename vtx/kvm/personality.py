@@ -36,6 +36,7 @@ from vtx.paging.formats import PAGE_OFFSET_BITS
 from vtx.paging.guest import PagingFeatures
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
 from vtx.spec import CPUID_FACTS
+from vtx.typecheck import checked
 
 _DX = REGISTERS["rdx"]
 _RAX = REGISTERS["rax"]
@@ -49,6 +50,7 @@ CPUID_OUTPUTS = ("rax", "rbx", "rcx", "rdx")
 kvm_pvm; the rule is KVM's, in kvm_cpuid() of arch/x86/kvm/cpuid.c)."""
 
 
+@checked
 def cpuid_fact(entries: Sequence[CpuidEntry], name: str) -> int | None:
     """The value of a spec/cpuid.toml fact in the CPUID leaves a vCPU was given (None if the
     leaf is absent)."""
@@ -57,6 +59,7 @@ def cpuid_fact(entries: Sequence[CpuidEntry], name: str) -> int | None:
     return None if entry is None else fact.bits.get(getattr(entry, fact.register))
 
 
+@checked
 def with_fact(entries: Sequence[CpuidEntry], name: str, value: int) -> tuple[CpuidEntry, ...]:
     """``entries`` with a spec/cpuid.toml fact set to ``value`` (in an existing leaf)."""
     fact = CPUID_FACTS[name]
@@ -64,6 +67,7 @@ def with_fact(entries: Sequence[CpuidEntry], name: str, value: int) -> tuple[Cpu
                  if e.function == fact.leaf and (fact.subleaf or 0) == e.index else e for e in entries)
 
 
+@checked
 def paging_features(entries: Sequence[CpuidEntry], supported: Sequence[CpuidEntry]) -> PagingFeatures:
     """MAXPHYADDR and 1-GByte-page support as KVM's guest walker sees them for a vCPU given
     ``entries`` by KVM_SET_CPUID2 (none given: no leaves) on a KVM that reports ``supported``
@@ -80,6 +84,7 @@ def paging_features(entries: Sequence[CpuidEntry], supported: Sequence[CpuidEntr
     return PagingFeatures(API.constants["KVM_DEFAULT_MAXPHYADDR"] if width is None else width, gb_pages)
 
 
+@checked
 def supplied(index: int, size: int) -> bytes:
     """The bytes vtx's user space answers the ``index``-th exit of a run with (an IN or an MMIO
     read): a fixed pattern, so that the model and the real run agree on the input."""
@@ -108,6 +113,7 @@ def _slot(slots: Sequence[SlotSpec], gpa: int, size: int) -> SlotSpec | None:
     return next((s for s in slots if s.contains(gpa, size)), None)
 
 
+@checked
 def predict(program: Sequence[Instruction], slots: Sequence[SlotSpec], image: BootImage) -> Run:
     """Run ``program`` (which ends with its first HLT) over ``slots`` starting from ``image``."""
     regs = [0] * len(REGISTERS)

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from vtx.errors import InputError
 from vtx.svm.spec import NASID_BITS, SVM_FEATURES
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 
 EDX_FACT = "CPUID_Fn8000_000A_EDX"
 EBX_FACT = "CPUID_Fn8000_000A_EBX"
 
 
+@checked
 def has_svm(caps: Capabilities) -> bool | None:
     """Whether the processor implements SVM (CPUID Fn8000_0001_ECX[SVM]); None if unknown."""
     value = caps.fact("CPUID_SVM")
@@ -31,12 +33,14 @@ def has_feature(caps: Capabilities, name: str) -> bool | None:
     return None if edx is None else bool(edx & feature.mask)
 
 
+@checked
 def features(caps: Capabilities) -> frozenset[str] | None:
     """The names of every SVM feature the processor reports; None if Fn8000_000A_EDX is unknown."""
     edx = caps.fact(EDX_FACT)
     return None if edx is None else frozenset(f.name for f in SVM_FEATURES if edx & f.mask)
 
 
+@checked
 def nasid(caps: Capabilities) -> int | None:
     """The number of ASIDs (Fn8000_000A_EBX NASID); None if unknown."""
     ebx = caps.fact(EBX_FACT)

@@ -30,6 +30,7 @@ from vtx.svm.checks import SvmState, intercept_of
 from vtx.svm.templates import build_svm_template
 from vtx.svm.vmcb import Vmcb
 from vtx.svm.vmrun import SvmResult, SvmVmexit, vmrun
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities, resolve_capabilities
 
 DEFAULT_SVM_PRESET = "amd_genoa_server"
@@ -50,6 +51,7 @@ def parse_vmcb(obj: object) -> Vmcb:
         raise InputError(f"fields.{e.where}", e.value, e.rule) from e
 
 
+@checked
 def parse_state(doc: Mapping[str, Any]) -> SvmState:
     """The processor state of the document's ``processor`` object (defaults: :class:`SvmState`).
     ``guest_mode: true`` runs the instruction in a guest whose VMCB sets only the VMRUN intercept."""
@@ -62,6 +64,7 @@ def parse_state(doc: Mapping[str, Any]) -> SvmState:
     return state
 
 
+@checked
 def result_document(result: SvmResult, caps: Capabilities) -> dict[str, Any]:
     """The JSON result of checking one VMRUN."""
     outcome, exit_code = result.outcome, None
@@ -82,6 +85,7 @@ def result_document(result: SvmResult, caps: Capabilities) -> dict[str, Any]:
     }
 
 
+@checked
 def check_svm_document(doc: Mapping[str, Any], *, profile: str | None = None,
                        msrs: Path | None = None) -> dict[str, Any]:
     """``vtx check`` of an ``"arch": "svm"`` document: VMRUN on its VMCB, every violation, the outcome."""
@@ -94,6 +98,7 @@ def check_svm_document(doc: Mapping[str, Any], *, profile: str | None = None,
     return result_document(vmrun(parse_state(d), caps, vmcb), caps)
 
 
+@checked
 def svm_template_document(name: str, caps: Capabilities) -> dict[str, Any]:
     """``vtx template --arch svm``: a document that :func:`check_svm_document` accepts."""
     vmcb = build_svm_template(name, caps)

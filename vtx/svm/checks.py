@@ -26,6 +26,7 @@ from vtx.errors import NotEvaluable, SpecError
 from vtx.svm import spec
 from vtx.svm.spec import CONSTANTS, VMCB_FIELDS, VMRUN_CHECKS, Intercept, VmcbField, VmrunCheckSpec, get_intercept
 from vtx.svm.vmcb import Vmcb
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 
 
@@ -159,11 +160,13 @@ MSRPM, IOPM = _F["control.msrpm_base_pa"], _F["control.iopm_base_pa"]
 INT_CTL, MISC_CTL, NCR3 = _F["control.int_ctl"], _F["control.misc_ctl"], _F["control.nested_cr3"]
 
 
+@checked
 def intercept_of(instruction: str) -> Intercept:
     """The intercept of an SVM instruction (``vmrun`` -> INTERCEPT_VMRUN)."""
     return get_intercept(f"INTERCEPT_{instruction.upper()}")
 
 
+@checked
 def is_long_mode(vmcb: Vmcb) -> bool:
     """EFER.LME = 1 and CR0.PG = 1: the guest will run in long mode."""
     return bool(vmcb.get(EFER) & EFER_LME and vmcb.get(CR0) & CR0_PG)

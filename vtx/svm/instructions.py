@@ -17,6 +17,7 @@ from vtx.svm.checks import SvmState
 from vtx.svm.spec import WORLD_SWITCH
 from vtx.svm.vmcb import Vmcb
 from vtx.svm.vmrun import Completed, SvmResult, instruction_checks
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 
 _NO_VMCB = Vmcb()
@@ -29,16 +30,19 @@ def _gif(instruction: str, state: SvmState, caps: Capabilities, gif: bool) -> Sv
     return SvmResult((), Completed(), tuple(unknown), attrs.evolve(state, gif=gif), _NO_VMCB)
 
 
+@checked
 def stgi(state: SvmState, caps: Capabilities) -> SvmResult:
     """STGI: GIF = 1."""
     return _gif("stgi", state, caps, True)
 
 
+@checked
 def clgi(state: SvmState, caps: Capabilities) -> SvmResult:
     """CLGI: GIF = 0."""
     return _gif("clgi", state, caps, False)
 
 
+@checked
 def vmload(state: SvmState, caps: Capabilities, vmcb: Vmcb) -> SvmResult:
     """VMLOAD from the VMCB ``vmcb`` at ``state.rax``: the VMLOAD/VMSAVE registers from the VMCB."""
     fault, unknown = instruction_checks("vmload", vmcb, caps, state)
@@ -48,6 +52,7 @@ def vmload(state: SvmState, caps: Capabilities, vmcb: Vmcb) -> SvmResult:
     return SvmResult((), Completed(), tuple(unknown), attrs.evolve(state, regs=regs), vmcb)
 
 
+@checked
 def vmsave(state: SvmState, caps: Capabilities, vmcb: Vmcb) -> SvmResult:
     """VMSAVE to the VMCB ``vmcb`` at ``state.rax``: the returned VMCB holds the processor's
     VMLOAD/VMSAVE registers, every other field unchanged."""

@@ -30,6 +30,7 @@ from vtx.svm.spec import INTERCEPTS, ExitCode, Intercept, get_exit_code, get_int
 from vtx.svm.spec import reg_bit as svm_reg_bit
 from vtx.svm.vmcb import Vmcb
 from vtx.svm.vmrun import SvmVmexit
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.exits import causes as vmx_causes
 from vtx.vmx.exits.layouts import Layout
@@ -170,6 +171,7 @@ _ADDRESS_SIZES = {16: "a16", 32: "a32", 64: "a64"}
 _IOIO, _CRDR, _TASK = EXIT_INFO["ioio"], EXIT_INFO["mov_crdr"], EXIT_INFO["task_switch"]
 
 
+@checked
 def is_intercepted(vmcb: Vmcb, intercept: Intercept) -> bool:
     """Whether ``intercept``'s bit is 1 in its intercept word of the VMCB."""
     return bool(vmcb.get(intercept.field) & intercept.mask)
@@ -198,6 +200,7 @@ def _bit(memory: PhysicalMemory, base: int, index: int) -> bool:
 # ------------------------------------------------------------------ permission maps
 
 
+@checked
 def iopm_intercepts(vmcb: Vmcb, memory: PhysicalMemory, port: int, size: int) -> bool:
     """The IOPM has one bit per port; an access of ``size`` bytes at ``port`` is intercepted iff
     the bit of any port it touches is 1 (the bits past FFFFh make the top ports' accesses whole;
@@ -206,6 +209,7 @@ def iopm_intercepts(vmcb: Vmcb, memory: PhysicalMemory, port: int, size: int) ->
     return any(_bit(memory, base, p) for p in range(port, port + size))
 
 
+@checked
 def msrpm_intercepts(vmcb: Vmcb, memory: PhysicalMemory, msr: int, write: bool) -> bool:
     """The MSRPM has two bits per MSR (read, write) for each of its ranges; an MSR outside every
     range is always intercepted (§15.11 "MSR Intercepts")."""
@@ -389,6 +393,7 @@ def _privilege(privilege: str, op: Any, s: GuestContext) -> GuestFault | None:
     return privilege_fault(privilege, op, s)
 
 
+@checked
 def decide(op: g.GuestOp | g.SvmOnlyOp, vmcb: Vmcb, state: SvmGuestContext, *, caps: Capabilities) -> SvmDecision:
     """What ``op`` does in an SVM guest running under ``vmcb``: a fault in the guest (checked first,
     except where the intercept takes priority), a #VMEXIT with its EXITINFO1 / EXITINFO2, or

@@ -15,12 +15,14 @@ from __future__ import annotations
 from vtx.svm.spec import INTERCEPTS, get_intercept
 from vtx.svm.templates import build_svm_template
 from vtx.svm.vmcb import Vmcb
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 
 KEPT_INTERCEPTS = ("INTERCEPT_VMRUN", "INTERCEPT_IOIO_PROT", "INTERCEPT_MSR_PROT")
 ZERO_FIELDS = ("control.int_ctl", "control.misc_ctl", "control.bus_lock_counter")
 
 
+@checked
 def minimal_intercept_vmcb(caps: Capabilities, *, template: str = "long-mode") -> Vmcb:
     """The minimal-intercept VMCB for ``caps`` (see the module docstring)."""
     words = {i.field.name: 0 for i in INTERCEPTS}

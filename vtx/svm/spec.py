@@ -25,6 +25,7 @@ from vtx.errors import SpecError
 from vtx.paging.formats import NPT
 from vtx.spec import CPUID_FACTS, Catalogue, Register, RegisterBit, _bits, _Table
 from vtx.spec import reg_bit as vtx_reg_bit
+from vtx.typecheck import checked
 
 _FIELD_SIZES = (1, 2, 4, 8)
 """Element sizes of VMCB fields in bytes (wider members are arrays or segments)."""
@@ -386,6 +387,7 @@ def reg_bit(register: str, name: str) -> RegisterBit:
     return b
 
 
+@checked
 def defined_mask(register: str) -> int:
     """Every bit the APM defines for ``register``; the others are reserved, must be zero."""
     return sum(b.mask for b in REGISTERS[register].bits)

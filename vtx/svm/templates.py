@@ -20,6 +20,7 @@ from vtx.svm import spec
 from vtx.svm.capabilities import has_svm
 from vtx.svm.spec import get_intercept
 from vtx.svm.vmcb import Vmcb
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 from vtx.vmx.templates import (
     BUSY_TSS,
@@ -68,6 +69,7 @@ def _segments(*, cs: int, data: int, limit: int, selectors: Mapping[str, int],
     return fields
 
 
+@checked
 def build_svm_template(name: str, caps: Capabilities) -> Vmcb:
     """The VMCB template ``name`` for ``caps`` (bad input if the processor has no SVM)."""
     if name not in SVM_TEMPLATES:

@@ -23,6 +23,7 @@ from vtx.bits import mask, parse_int
 from vtx.errors import InputError
 from vtx.inputs import shown
 from vtx.svm.spec import ALIASES, CLEAN_BITS, LAYOUT, VMCB_FIELDS, Alias, VmcbField
+from vtx.typecheck import checked
 
 _INDEX = {f.name: i for i, f in enumerate(VMCB_FIELDS)}
 _ZEROS = (0,) * len(VMCB_FIELDS)
@@ -44,6 +45,7 @@ def _parse(where: str, raw: object, bits: int) -> int:
     return value
 
 
+@checked
 def resolve(name: str) -> VmcbField | Alias:
     """The field or alias ``name`` names; InputError listing the areas if none."""
     field = VMCB_FIELDS.get(name)
@@ -56,6 +58,7 @@ def resolve(name: str) -> VmcbField | Alias:
                      "vmcb_save_area members prefixed 'control.' or 'save.' (control.intercepts[3], save.efer)")
 
 
+@checked
 def split(name: str, raw: object) -> Iterator[tuple[VmcbField, int]]:
     """The fields a value for ``name`` (a field or an alias) sets, with their parts of the value."""
     target = resolve(name)
@@ -68,6 +71,7 @@ def split(name: str, raw: object) -> Iterator[tuple[VmcbField, int]]:
         value >>= f.bits
 
 
+@checked
 @attrs.frozen
 class Vmcb:
     """A VMCB: the value of every field of both areas (0 if never written)."""
@@ -85,6 +89,7 @@ class Vmcb:
         field is bad input, not truncated."""
         return cls().with_fields(fields)
 
+    @checked
     def with_fields(self, fields: FieldValues) -> Vmcb:
         """A copy with several fields set (same input rules as :meth:`from_fields`)."""
         values = list(self.values)
@@ -93,6 +98,7 @@ class Vmcb:
                 values[_INDEX[field.name]] = value
         return Vmcb(tuple(values))
 
+    @checked
     def get(self, field: VmcbField) -> int:
         return self.values[_INDEX[field.name]]
 
@@ -118,6 +124,7 @@ class Vmcb:
         return bytes(page)
 
     @classmethod
+    @checked
     def from_bytes(cls, data: bytes) -> Vmcb:
         """The VMCB in a 4-KByte page (reserved bytes are not kept)."""
         if len(data) != LAYOUT.size:
@@ -125,6 +132,7 @@ class Vmcb:
         return cls(tuple(int.from_bytes(data[f.offset:f.end], _ORDER) for f in VMCB_FIELDS))
 
 
+@checked
 def compute_clean_bits(old: Vmcb, new: Vmcb) -> int:
     """The clean bits a hypervisor may set for ``new`` when the processor last ran ``old``: one bit
     per group of §15.15.3 whose fields are all unchanged (undefined bits stay 0)."""

@@ -27,6 +27,7 @@ from vtx.svm.capabilities import has_feature
 from vtx.svm.checks import REGISTRY, SvmState, intercept_of
 from vtx.svm.spec import VMRUN_CHECKS, WORLD_SWITCH, ExitCode, VmcbField, VmrunCheckSpec, get_exit_code
 from vtx.svm.vmcb import Vmcb
+from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
 
 VMEXIT_INVALID = get_exit_code("VMEXIT_INVALID")
@@ -125,6 +126,7 @@ def _copy(source: Vmcb, target: Vmcb, fields: tuple[VmcbField, ...]) -> Vmcb:
     return target.with_fields({f.name: source.get(f) for f in fields})
 
 
+@checked
 def vmrun(state: SvmState, caps: Capabilities, vmcb: Vmcb) -> SvmResult:
     """VMRUN with the VMCB ``vmcb`` at ``state.rax``: every violation, the outcome, and the state
     after (the guest's registers and GIF = 1 on success; the host's with GIF = 0 after
@@ -144,6 +146,7 @@ def vmrun(state: SvmState, caps: Capabilities, vmcb: Vmcb) -> SvmResult:
     return SvmResult((), VmrunEntered(), tuple(unknown), entered, vmcb)
 
 
+@checked
 def vmexit(state: SvmState, caps: Capabilities, code: ExitCode, *, exit_info_1: int = 0, exit_info_2: int = 0,
            exit_int_info: int = 0, exit_int_info_err: int = 0, next_rip: int = 0) -> tuple[SvmState, Vmcb]:
     """#VMEXIT from the running guest: the host's state (GIF = 0) and the guest's VMCB with its state
