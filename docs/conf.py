@@ -9,7 +9,8 @@ sys.path.insert(0, str(Path(__file__).parent / "_ext"))
 
 project = "vtx"
 author = "the vtx developers"
-extensions = ["sphinx.ext.autodoc", "vtxdocs"]
+extensions = ["sphinx.ext.autodoc", "vtxdocs", "vtxdocs_svm", "vtxdocs_organisations", "vtxdocs_results",
+              "vtxdocs_mutations", "vtxdocs_proofs", "vtxdocs_cluster"]
 html_theme = "furo"
 exclude_patterns = ["_build"]
 nitpicky = False

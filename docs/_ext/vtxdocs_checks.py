@@ -1,6 +1,7 @@
 """The VM-entry check catalogue page: one section (with an anchor) per row of
 ``spec/vmx/entry_checks.toml``, giving the rule, its failure, citation, implementing function
-and a minimal failing example found at build time (:mod:`vtxdocs_examples`)."""
+and a minimal failing example searched at build time by :mod:`vtx.vmx.entry.examples` (or the
+reason there is none)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from typing import Any
 
 from docutils import nodes
 from sphinx.util.docutils import SphinxDirective
-from vtxdocs_examples import Example, ExampleFinder
 
 import vtx
 from vtx import spec
@@ -19,6 +19,7 @@ from vtx.outcomes import VmEntryFailed, VmFailValid
 from vtx.vmx import instructions
 from vtx.vmx.entry import REGISTRY, EntryOutcome
 from vtx.vmx.entry.catalogue import ENTRY_CHECKS, GROUPS, EntryCheckSpec
+from vtx.vmx.entry.examples import Example, ExampleFinder, Found
 
 REPO = Path(vtx.__file__).resolve().parents[1]
 GROUP_TITLES = {
@@ -89,16 +90,18 @@ def _field(name: str, *body: nodes.Node | str) -> nodes.field:
     return f
 
 
-def _example(ex: Example | None) -> list[nodes.Node | str]:
-    if ex is None:
-        return ["No single-field example: no one-field change of a template under the max preset makes this "
-                "check fail."]
-    parts: list[nodes.Node | str] = [
-        f"from the {ex.base.label} template (max preset), set ", nodes.literal(text=ex.field.name),
-        " from ", nodes.literal(text=f"{ex.before:#x}"), " to ", nodes.literal(text=f"{ex.value:#x}"),
-        f" → {outcome_text(ex.outcome)}: ", nodes.emphasis(text=ex.message)]
-    if ex.others:
-        parts.append(f" (also violates {', '.join(ex.others)})")
+def _example(found: Found) -> list[nodes.Node | str]:
+    if not isinstance(found, Example):
+        return [f"none: {found.reason}."]
+    parts: list[nodes.Node | str] = [f"from {found.base.label} ({found.base.caps.name} preset), set "]
+    for n, change in enumerate(found.changes):
+        if n:
+            parts.append(", then " if n == len(found.changes) - 1 else ", ")
+        parts += [nodes.literal(text=change.field.name), " from ", nodes.literal(text=f"{change.before:#x}"),
+                  " to ", nodes.literal(text=f"{change.after:#x}")]
+    parts += [f" → {outcome_text(found.outcome)}: ", nodes.emphasis(text=found.message)]
+    if found.others:
+        parts.append(f" (it decides the outcome; also violates {', '.join(found.others)})")
     return parts
 
 
