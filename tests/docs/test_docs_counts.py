@@ -1,11 +1,13 @@
 """The generated reference pages are complete: the site builds without warnings, and every
-catalogued VMCS field, exit reason, VM-instruction error and VM-entry check, every verb and
-option of ``vtx`` and every API module appears on its page.
+catalogued VMCS field, exit reason, VM-instruction error and VM-entry check, every VMCB field,
+SVM intercept bit, #VMEXIT code, SVM feature and VMRUN check, every verb and option of ``vtx``,
+every API module and every hypervisor design appears on its page.
 
 The site is read once per module with Sphinx's ``dummy`` builder (every page parsed and every
 directive run, no HTML written; CI's ``sphinx-build -W`` writes it) and with the failing-example
-search off (``vtx_entry_examples``; ``test_entry_examples.py`` tests the search itself), to keep
-the test fast. Sphinx is a ``docs`` extra, so this module is skipped where it is not installed.
+search off (``vtx_entry_examples``; ``tests/vmx/entry/test_examples.py`` and
+``tests/svm/test_vmrun_examples.py`` test the searches themselves), to keep the test fast. Sphinx is a
+``docs`` extra, so this module is skipped where it is not installed.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from sphinx.application import Sphinx
 
 from vtx import spec
 from vtx.cli import build_parser
+from vtx.machine.designs import DESIGNS
+from vtx.machine.scenario import DEFAULT_SCENARIO, load_scenario
+from vtx.svm import spec as svm
 from vtx.vmx.entry.catalogue import ENTRY_CHECKS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -31,6 +36,7 @@ sys.path.insert(0, str(DOCS / "_ext"))
 from vtxdocs_api import modules  # noqa: E402
 from vtxdocs_checks import anchor, implementation, source_location  # noqa: E402
 from vtxdocs_cli import options, verbs  # noqa: E402
+from vtxdocs_svm import anchor as vmrun_anchor  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +58,9 @@ def doctree(site: Sphinx, docname: str) -> nodes.document:
     return site.env.get_doctree(docname)
 
 
-def table_rows(site: Sphinx, docname: str) -> list[list[str]]:
-    """The body rows of the first table of a page, as cell texts."""
-    table = next(iter(doctree(site, docname).findall(nodes.table)))
+def table_rows(site: Sphinx, docname: str, index: int = 0) -> list[list[str]]:
+    """The body rows of a table of a page (the first by default), as cell texts."""
+    table = list(doctree(site, docname).findall(nodes.table))[index]
     body = next(iter(table.findall(nodes.tbody)))
     return [[entry.astext() for entry in row.findall(nodes.entry)] for row in body.findall(nodes.row)]
 
@@ -137,3 +143,54 @@ def test_sources_are_the_registered_functions_and_the_pseudocode() -> None:
     assert text[line - 1] == '@entry_check("guest.cr0.fixed_bits")'
     name, path, _ = source_location(implementation("basic.vmlaunch_clear"))
     assert (name, path) == ("vtx.vmx.instructions._vm_entry", "vtx/vmx/instructions.py")
+
+
+def test_every_vmcb_field_has_a_row_in_its_area(site: Sphinx) -> None:
+    rows = table_rows(site, "reference/svm-vmcb", 0) + table_rows(site, "reference/svm-vmcb", 1)
+    assert len(rows) == len(svm.VMCB_FIELDS)
+    assert [r[2] for r in rows] == [f.name for f in svm.VMCB_FIELDS if f.area == "control"] + [
+        f.name for f in svm.VMCB_FIELDS if f.area == "save"]
+    by_name = {f.name: f for f in svm.VMCB_FIELDS}
+    assert all(r[0] == f"{by_name[r[2]].offset:03X}h" and r[1] == str(by_name[r[2]].size) for r in rows)
+    assert [r[1] for r in table_rows(site, "reference/svm-vmcb", 2)] == [c.name for c in svm.CLEAN_BITS]
+    assert [r[0] for r in table_rows(site, "reference/svm-vmcb", 3)] == [a.name for a in svm.ALIASES]
+
+
+def test_every_intercept_bit_has_a_row_with_its_exit_code(site: Sphinx) -> None:
+    rows = table_rows(site, "reference/svm-intercepts")
+    assert [(r[0], r[1], r[2], r[4]) for r in rows] == [(str(i.word), str(i.bit), i.name, str(i.exit))
+                                                        for i in svm.INTERCEPTS]
+
+
+def test_every_exit_code_has_a_row_with_its_causes(site: Sphinx) -> None:
+    rows = table_rows(site, "reference/svm-exit-codes")
+    assert [r[1] for r in rows] == [e.name for e in svm.EXIT_CODES]
+    assert all(r[4] for r in rows), [r[1] for r in rows if not r[4]]
+    npf = next(r for r in rows if r[1] == "VMEXIT_NPF")
+    assert npf[0] == "0x400"
+
+
+def test_every_svm_feature_has_a_row(site: Sphinx) -> None:
+    rows = table_rows(site, "reference/svm-features")
+    assert [(r[0], r[1]) for r in rows] == [(str(f.bit), f.name) for f in svm.SVM_FEATURES]
+
+
+def test_every_vmrun_check_has_a_section_with_an_anchor(site: Sphinx) -> None:
+    sections = [s for s in doctree(site, "reference/svm-vmrun-checks").findall(nodes.section)
+                if "vtx-vmrun-check" in s["classes"]]
+    assert [s[0].astext() for s in sections] == [c.id for c in svm.VMRUN_CHECKS]
+    assert [s["ids"][0] for s in sections] == [vmrun_anchor(c.id) for c in svm.VMRUN_CHECKS]
+    names = [[f[0].astext() for f in s.findall(nodes.field)] for s in sections]
+    assert all({"Failure", "Citation", "Source"} <= set(n) for n in names)
+    labels = site.env.domaindata["std"]["labels"]
+    assert all(labels[f"vmrun:{c.id}"][0] == "reference/svm-vmrun-checks" for c in svm.VMRUN_CHECKS)
+
+
+def test_every_design_is_on_the_organisations_page_with_its_costs(site: Sphinx) -> None:
+    assert [r[0] for r in table_rows(site, "organisations", 0)] == list(DESIGNS)
+    scenario = load_scenario(DEFAULT_SCENARIO)
+    switches = table_rows(site, "organisations", 1)
+    cycles = next(r for r in switches if r[0] == "modelled cycles")
+    assert len(cycles) == 2 + len(scenario.designs) and all(int(c.replace(",", "")) > 0 for c in cycles[2:])
+    per_vm = table_rows(site, "organisations", 2)
+    assert {vm.name for vm in scenario.vms} <= {r[0].split(" ")[0] for r in per_vm}
