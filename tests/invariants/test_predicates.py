@@ -7,7 +7,7 @@ from collections.abc import Callable
 import attrs
 import pytest
 
-from tests.invariants.conftest import default_machine
+from invariants.conftest import default_machine
 from vtx.invariants import INVARIANT_NAMES, TlbTag, check_all, check_isolation, check_partitioning, ownership
 from vtx.invariants.isolation import tlb_conflict
 from vtx.invariants.ownership import ENABLE_EPT, USE_IO_BITMAPS

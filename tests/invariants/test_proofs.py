@@ -11,8 +11,8 @@ import attrs
 import pytest
 import z3
 
-from tests.invariants.conftest import default_machine
-from tests.invariants.test_predicates import classic_machine, remap, rewrite_pte, with_vmcs
+from invariants.conftest import default_machine
+from invariants.test_predicates import classic_machine, remap, rewrite_pte, with_vmcs
 from vtx import cli, prove_cmd
 from vtx.invariants import check_all, ownership
 from vtx.invariants.ownership import ENABLE_EPT, USE_IO_BITMAPS, USE_MSR_BITMAPS
