@@ -33,7 +33,12 @@ class ApiReference(SphinxDirective):
     def run(self) -> list[nodes.Node]:
         lines: list[str] = []
         for name in modules(self.arguments[0].split()):
-            lines += [f"``{name}``", "-" * (len(name) + 4), "", f".. automodule:: {name}", "   :members:", ""]
+            # a package documents what it defines; what its __all__ re-exports is documented in the
+            # submodule that defines it (a function named like a submodule would otherwise clash)
+            members = ["   :members:"]
+            if hasattr(importlib.import_module(name), "__path__"):
+                members.append("   :ignore-module-all:")
+            lines += [f"``{name}``", "-" * (len(name) + 4), "", f".. automodule:: {name}", *members, ""]
         container = nodes.section()
         nested_parse_with_titles(self.state, StringList(lines, source="vtx-api"), container)
         return list(container.children)
