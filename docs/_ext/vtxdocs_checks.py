@@ -12,6 +12,7 @@ from typing import Any
 
 from docutils import nodes
 from sphinx.util.docutils import SphinxDirective
+from vtxdocs_nodes import field, para
 
 import vtx
 from vtx import spec
@@ -72,22 +73,6 @@ def source_location(fn: Callable[..., Any]) -> tuple[str, str, int]:
     path = Path(inspect.getsourcefile(fn) or "").resolve()
     line = inspect.getsourcelines(fn)[1]
     return f"{fn.__module__}.{fn.__qualname__}", path.relative_to(REPO).as_posix(), line
-
-
-def _para(*parts: nodes.Node | str) -> nodes.paragraph:
-    p = nodes.paragraph()
-    for part in parts:
-        p += nodes.Text(part) if isinstance(part, str) else part
-    return p
-
-
-def _field(name: str, *body: nodes.Node | str) -> nodes.field:
-    f = nodes.field()
-    f += nodes.field_name(text=name)
-    value = nodes.field_body()
-    value += _para(*body)
-    f += value
-    return f
 
 
 def _example(found: Found) -> list[nodes.Node | str]:
@@ -152,18 +137,18 @@ class EntryChecks(SphinxDirective):
         title = nodes.title()
         title += nodes.literal(text=row.id)
         section += title
-        section += _para(row.statement)
+        section += para(row.statement)
         fields = nodes.field_list()
-        fields += _field("Failure", failure_text(row))
+        fields += field("Failure", failure_text(row))
         if row.applies_if != "always":
-            fields += _field("Applies if", row.applies_if)
+            fields += field("Applies if", row.applies_if)
         reads = [*row.fields, *row.capabilities, *(f"processor: {p}" for p in row.processor),
                  *(f"memory: {m}" for m in row.memory)]
         if reads:
-            fields += _field("Reads", ", ".join(reads))
-        fields += _field("Citation", str(row.citation))
-        fields += _field("Source", self._source(row.id))
+            fields += field("Reads", ", ".join(reads))
+        fields += field("Citation", str(row.citation))
+        fields += field("Source", self._source(row.id))
         if finder is not None:
-            fields += _field("Example", *_example(finder.example(row.id)))
+            fields += field("Example", *_example(finder.example(row.id)))
         section += fields
         return section

@@ -37,3 +37,21 @@ def svg(markup: str, caption: str) -> nodes.figure:
     figure += nodes.raw("", markup, format="html")
     figure += nodes.caption(text=caption)
     return figure
+
+
+def para(*parts: nodes.Node | str) -> nodes.paragraph:
+    """A paragraph of text and inline nodes."""
+    p = nodes.paragraph()
+    for part in parts:
+        p += nodes.Text(part) if isinstance(part, str) else part
+    return p
+
+
+def field(name: str, *body: nodes.Node | str) -> nodes.field:
+    """A field-list item ``name: body``."""
+    f = nodes.field()
+    f += nodes.field_name(text=name)
+    value = nodes.field_body()
+    value += para(*body)
+    f += value
+    return f

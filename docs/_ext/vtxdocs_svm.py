@@ -18,7 +18,7 @@ from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
 from vtxdocs_checks import source_location
-from vtxdocs_nodes import Row, table
+from vtxdocs_nodes import Row, field, para, table
 
 from vtx.svm import intercepts, spec
 from vtx.svm.checks import REGISTRY
@@ -107,22 +107,6 @@ def anchor(check_id: str) -> str:
     return str(nodes.make_id(f"vmrun-{check_id}"))
 
 
-def _para(*parts: nodes.Node | str) -> nodes.paragraph:
-    p = nodes.paragraph()
-    for part in parts:
-        p += nodes.Text(part) if isinstance(part, str) else part
-    return p
-
-
-def _field(name: str, *body: nodes.Node | str) -> nodes.field:
-    f = nodes.field()
-    f += nodes.field_name(text=name)
-    value = nodes.field_body()
-    value += _para(*body)
-    f += value
-    return f
-
-
 def _example(found: SvmFound) -> list[nodes.Node | str]:
     if not isinstance(found, SvmExample):
         return [f"none: {found.reason}."]
@@ -180,18 +164,18 @@ class VmrunChecks(SphinxDirective):
         title = nodes.title()
         title += nodes.literal(text=row.id)
         section += title
-        section += _para(row.statement)
+        section += para(row.statement)
         fields = nodes.field_list()
-        fields += _field("Failure", FAILURE_TEXT[row.failure])
+        fields += field("Failure", FAILURE_TEXT[row.failure])
         if row.instructions:
-            fields += _field("Instructions", ", ".join(i.upper() for i in row.instructions))
+            fields += field("Instructions", ", ".join(i.upper() for i in row.instructions))
         reads = [*row.fields, *row.capabilities, *(f"processor: {p}" for p in row.processor)]
         if reads:
-            fields += _field("Reads", ", ".join(reads))
-        fields += _field("Citation", str(row.citation))
-        fields += _field("Source", self._source(row.id))
+            fields += field("Reads", ", ".join(reads))
+        fields += field("Citation", str(row.citation))
+        fields += field("Source", self._source(row.id))
         if finder is not None:
-            fields += _field("Example", *_example(finder.example(row.id)))
+            fields += field("Example", *_example(finder.example(row.id)))
         section += fields
         return section
 
