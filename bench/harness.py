@@ -78,7 +78,8 @@ def report(results: list[Result], path: Path | None, *, merge: bool = False) -> 
     by_ratio = ratios(results)
     print(f"{'benchmark':56} {'median':>10} {'min':>10} {'max':>10}  unit    {'per second':>12} {'target':>16}")
     for r in results:
-        target = f"{r.target_per_second:10,.0f} {r.verdict}" if r.target_per_second else ""
+        digits = 0 if (r.target_per_second or 0) >= 100 else 3
+        target = f"{r.target_per_second:10,.{digits}f} {r.verdict}" if r.target_per_second else ""
         print(f"{r.name:56} {r.median:10.3f} {r.minimum:10.3f} {r.maximum:10.3f}  {r.unit:7} "
               f"{r.per_second:12,.0f} {target}")
         if r.name in by_ratio:
