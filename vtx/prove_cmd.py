@@ -129,8 +129,8 @@ def prove_scenario(path: Path | None) -> tuple[int, list[str], dict[str, Any]]:
         for r in results:
             lines.append(_line(r, kinds.get(r.invariant, "z3")))
         proved = sum(_ok(h) for h in handlers)
-        lines.append(f"    {'inductive steps':24} {proved}/{len(handlers)} handler actions proved "
-                     f"{sum(h.seconds for h in handlers):7.2f} s")
+        steps = f"{proved}/{len(handlers)} handler actions proved"
+        lines.append(f"    {'inductive steps':24} {steps:32} {sum(h.seconds for h in handlers):7.2f} s")
         lines += [_line(h, "z3") for h in handlers if not _ok(h)]
         lines += [f"    concrete check: {v}" for v in violations]
         if violations or not all(_ok(r) or r.verdict == "not run" for r in results) or proved < len(handlers):
