@@ -183,7 +183,7 @@ class Machine:
 
     def processor(self, index: int) -> LogicalProcessor:
         """Processor ``index`` seeing the machine's regions and memory."""
-        return attrs.evolve(self.lps[index], regions=self.regions, memory=self.memory)
+        return self.lps[index].replace(regions=self.regions, memory=self.memory)
 
     @property
     def all_done(self) -> bool:
