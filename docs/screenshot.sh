@@ -6,7 +6,8 @@
 # BUILD_DIR is the HTML output of `sphinx-build -b html docs BUILD_DIR` (default docs/_build/html);
 # PNGs go to OUT_DIR (default BUILD_DIR/_screenshots): the top of the VM-entry check catalogue, one
 # check's section, the state-machine diagram of the VMX operation page, the walk diagram of the
-# two-level translation tutorial, and samples of the CLI and API references. Needs the `chromium` binary (Debian package `chromium`; not a
+# two-level translation tutorial, samples of the CLI and API references, the performance chart, the
+# organisations cost tables, the proof results and the SVM VMRUN check catalogue. Needs the `chromium` binary (Debian package `chromium`; not a
 # project dependency). Each run uses a fresh, throw-away profile directory.
 #
 # Headless Chromium takes its screenshot before it scrolls to a #fragment, so each page is loaded
@@ -53,3 +54,7 @@ shoot state-machine vmx-operation.html the-state-machine 900
 shoot two-level-walk tutorials/two-level-translation.html the-walk-drawn 1200
 shoot cli reference/cli.html vtx-check 900
 shoot api reference/api.html module-vtx.vmx.entry 900
+shoot performance performance.html performance 1300
+shoot organisations organisations.html what-the-cost-model-says 1000
+shoot invariants invariants.html results 1000
+shoot svm-vmrun-checks reference/svm-vmrun-checks.html vmrun-checks 1000
