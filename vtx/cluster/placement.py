@@ -1,4 +1,5 @@
-"""Placement on the fewest powered hosts with ``z3.Optimize``, against first-fit decreasing.
+"""Placement on the fewest powered hosts with z3 (a descent of satisfiability queries on the
+whole problem, then ``z3.Optimize`` on neighbourhoods), against first-fit decreasing.
 
 The encoding counts instead of assigning. VMs that are interchangeable (same memory, vCPUs,
 needs and anti-affinity group) form one *type*; the unknowns are ``n[t][h]``, how many VMs of
@@ -10,9 +11,10 @@ vCPU slots within capacity and zero on a host that is off, at most one VM of an 
 group per host. Symmetry between identical hosts is broken by powering them in order
 (``on[h_i+1] -> on[h_i]``, the order first-fit decreasing also uses). The bin-packing lower
 bound (:func:`lower_bound`) is asserted, the first-fit-decreasing solution is the starting
-point (initial values, and its host count as the upper bound), and the objective is the number
-of powered hosts. ``sat`` means z3 proved the optimum; ``unknown`` after the time limit gives
-the best placement found and the best proved lower bound.
+point (its host count is the upper bound). The descent asks "a placement on at most k - 1
+hosts?" until ``unsat`` proves the optimum; ``z3.Optimize`` (objective: powered hosts) repacks
+small groups of hosts on large instances; after the time limit the best placement found and the
+best proved lower bound are reported.
 """
 
 from __future__ import annotations
