@@ -24,10 +24,13 @@ class VtxError(Exception):
 
 MAX_WHERE, MAX_VALUE, MAX_RULE = 120, 80, 360
 """How much of each part a message shows, so that it stays one readable line whatever the input
-held (a value or a library's message can be arbitrarily long)."""
+held (a value or a library's message can be arbitrarily long, or hold line breaks)."""
 
 
 def _cut(text: str, most: int) -> str:
+    """``text`` on one line (control and line-separator characters escaped), at most ``most`` long."""
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
     return text if len(text) <= most else text[:most - 3] + "..."
 
 

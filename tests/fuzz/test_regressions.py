@@ -214,3 +214,26 @@ def test_guest_memory_too_small_for_its_page_tables_is_refused() -> None:
     and the design mapped them outside the VM's partition (found by the stateful isolation test)."""
     r = check_file(["run"], '[[vm]]\nname = "a"\nmemory_mib = 1\n', name="scenario.toml")
     assert r.code == 2 and "vm[0].memory_mib" in r.err
+
+
+@pytest.mark.parametrize("name", ["", "a b", "x:y"])
+def test_an_odd_vmcb_field_name_is_quoted(name: str) -> None:
+    """An empty VMCB field name gave ``fields.: unknown: ...`` (no location; found by the deep run)."""
+    r = check_file(["check"], {"arch": "svm", "profile": "amd_genoa_server", "fields": {name: 1}})
+    assert r.code == 2 and f"fields.{name!r}" in r.err
+
+
+def test_control_characters_in_a_message_are_escaped() -> None:
+    """A snapshot header holding a vertical tab printed it raw: the message broke over two lines
+    (found by the deep run of snapshot files)."""
+    e = InputError("file\x0b", "sha256 \x0bab", "corrupted\u2028")
+    assert str(e) == "file\\x0b: sha256 \\x0bab: corrupted\\u2028" and len(str(e).splitlines()) == 1
+
+
+def test_an_unplaceable_cluster_names_the_file() -> None:
+    """A cluster whose VMs no host can take failed with ``vm db-00: unplaced: ...`` and no file
+    (found by the deep run of cluster files)."""
+    doc = ('name = "tiny"\nslots = 1\n[[host]]\nname = "h"\nprofile = "skylake_client"\nmemory_gib = 1\n'
+           'logical_processors = 1\n[[vm]]\nname = "big"\nmemory_gib = 64\nvcpus = 1\nload = 0.1\n')
+    r = check_file(["cluster", "--no-executor", "--time-limit", "1"], doc, name="cluster.toml")
+    assert r.code == 2 and "cluster.toml" in last_error(r.err), r.err

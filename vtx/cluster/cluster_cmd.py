@@ -20,8 +20,9 @@ from typing import Any
 import z3
 
 from vtx.cluster.report import placement_table, report_json, report_lines, run_report, subset
-from vtx.cluster.scenario import BUILTIN, load_cluster_scenario, scenario_path
+from vtx.cluster.scenario import BUILTIN, ClusterScenario, load_cluster_scenario, scenario_path
 from vtx.fileio import atomic_write
+from vtx.inputs import in_file
 from vtx.spec import SPEC_DIR
 from vtx.typecheck import checked
 
@@ -55,7 +56,12 @@ def results(time_limit_s: float | None, executor: bool) -> dict[str, Any]:
 
 def cmd_cluster(args: argparse.Namespace) -> int:
     """Run a cluster scenario and report."""
-    scenario = load_cluster_scenario(scenario_path(args.scenario))
+    path = scenario_path(args.scenario)
+    with in_file(path):
+        return _run(args, load_cluster_scenario(path))
+
+
+def _run(args: argparse.Namespace, scenario: ClusterScenario) -> int:
     out = None
     if args.write_results is not None:
         out = results(args.time_limit, not args.no_executor)

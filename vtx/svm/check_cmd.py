@@ -48,7 +48,8 @@ def parse_vmcb(obj: object) -> Vmcb:
     try:
         return Vmcb.from_fields(obj)
     except InputError as e:
-        raise InputError(f"fields.{e.where}", e.value, e.rule) from e
+        plain = e.where and e.where.isprintable() and not any(c.isspace() or c == ":" for c in e.where)
+        raise InputError(f"fields.{e.where if plain else repr(e.where)}", e.value, e.rule) from e
 
 
 @checked
