@@ -105,17 +105,22 @@ def reset_examples(*_: object) -> None:
     _FINDER.clear()
 
 
+def source_link(fn: Callable[..., Any], url: str | None) -> nodes.Node:
+    """Where ``fn`` is defined: a link through ``url`` (``vtx_source_url``) or, without one, the
+    qualified name, file and line."""
+    qualname, path, line = source_location(fn)
+    if not url:
+        return nodes.literal(text=f"{qualname} ({path}, line {line})")
+    ref = nodes.reference(refuri=url.format(path=path, line=line))
+    ref += nodes.literal(text=qualname)
+    return ref
+
+
 class EntryChecks(SphinxDirective):
     """``.. vtx-entry-checks::`` — the catalogue, a section per group and per check."""
 
     def _source(self, check_id: str) -> nodes.Node:
-        qualname, path, line = source_location(implementation(check_id))
-        url = self.config.vtx_source_url
-        if not url:
-            return nodes.literal(text=f"{qualname} ({path}, line {line})")
-        ref = nodes.reference(refuri=url.format(path=path, line=line))
-        ref += nodes.literal(text=qualname)
-        return ref
+        return source_link(implementation(check_id), self.config.vtx_source_url)
 
     def run(self) -> list[nodes.Node]:
         finder = examples() if self.config.vtx_entry_examples else None

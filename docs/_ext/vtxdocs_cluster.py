@@ -15,7 +15,7 @@ from typing import Any
 
 from docutils import nodes
 from sphinx.util.docutils import SphinxDirective
-from vtxdocs_nodes import svg, table
+from vtxdocs_nodes import chart, svg, table
 from vtxdocs_results import RESULTS, load
 
 from vtx.cluster.report import report_lines
@@ -68,9 +68,7 @@ def hosts_chart(policies: list[dict[str, Any]]) -> str:
         body.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{points}"/>')
         body.append(f'<text x="{WIDTH - PAD - 150 + 52 * k}" y="{PAD - 8}" font-size="11" fill="{colour}">'
                     f"{escape(p['policy'])}</text>")
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" role="img" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" '
-            f'style="max-width: {WIDTH}px; background: #ffffff; font-family: sans-serif">'
-            "<title>hosts powered per slot under each policy</title>" + "".join(body) + "</svg>")
+    return chart(WIDTH, HEIGHT, "hosts powered per slot under each policy", body)
 
 
 class ClusterReport(SphinxDirective):

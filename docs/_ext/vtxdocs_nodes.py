@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
+from html import escape
 
 from docutils import nodes
 
@@ -55,3 +56,10 @@ def field(name: str, *body: nodes.Node | str) -> nodes.field:
     value += para(*body)
     f += value
     return f
+
+
+def chart(width: float, height: float, title: str, body: Iterable[str]) -> str:
+    """An SVG chart document: ``body`` (SVG elements) on a white ``width`` x ``height`` canvas."""
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" role="img" viewBox="0 0 {width:.0f} {height:.0f}" '
+            f'width="100%" style="max-width: {width:.0f}px; background: #ffffff; font-family: sans-serif">'
+            f"<title>{escape(title)}</title>" + "".join(body) + "</svg>")

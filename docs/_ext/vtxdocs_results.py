@@ -21,7 +21,7 @@ from typing import Any
 
 from docutils import nodes
 from sphinx.util.docutils import SphinxDirective
-from vtxdocs_nodes import svg, table
+from vtxdocs_nodes import chart, svg, table
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
@@ -67,9 +67,7 @@ def target_chart(results: list[dict[str, Any]]) -> str:
                     f'fill="{colour}"/>')
         body.append(f'<text x="{LABEL_WIDTH + min(ratio, 3) * scale + 4:.1f}" y="{y + 14}" font-size="11">'
                     f"{ratio:.2f}x</text>")
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" role="img" viewBox="0 0 {width} {height}" width="100%" '
-            f'style="max-width: {width}px; background: #ffffff; font-family: sans-serif">'
-            "<title>benchmark rates as a share of their targets</title>" + "".join(body) + "</svg>")
+    return chart(width, height, "benchmark rates as a share of their targets", body)
 
 
 class BenchResults(SphinxDirective):

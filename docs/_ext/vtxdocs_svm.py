@@ -17,7 +17,7 @@ from collections.abc import Callable
 from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.util.docutils import SphinxDirective
-from vtxdocs_checks import source_location
+from vtxdocs_checks import source_link
 from vtxdocs_nodes import Row, field, para, table
 
 from vtx.svm import intercepts, spec
@@ -135,13 +135,7 @@ class VmrunChecks(SphinxDirective):
     """``.. vtx-vmrun-checks::`` — the catalogue, a section per group and per check."""
 
     def _source(self, check_id: str) -> nodes.Node:
-        qualname, path, line = source_location(REGISTRY[check_id].fn)
-        url = self.config.vtx_source_url
-        if not url:
-            return nodes.literal(text=f"{qualname} ({path}, line {line})")
-        ref = nodes.reference(refuri=url.format(path=path, line=line))
-        ref += nodes.literal(text=qualname)
-        return ref
+        return source_link(REGISTRY[check_id].fn, self.config.vtx_source_url)
 
     def run(self) -> list[nodes.Node]:
         finder = None

@@ -15,10 +15,11 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from vtx.fileio import atomic_write
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "docs" / "results" / "fuzz.json"
@@ -51,17 +52,6 @@ def run_surface(name: str, file: str, profile: str) -> dict[str, Any]:
             "seconds": round(time.monotonic() - start, 1)}
 
 
-def write_atomically(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profile", default="deep", help="hypothesis profile (tests/conftest.py)")
@@ -74,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         old = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"surfaces": []}  # others' rows too
         kept = {s["surface"]: s for s in old.get("surfaces", []) if s["surface"] in SURFACES}
         kept[name] = row
-        write_atomically(RESULTS, {"machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
-                                               "platform": platform.platform()},
-                                   "surfaces": [kept[n] for n in SURFACES if n in kept]})
+        data = {"machine": {"python": platform.python_version(), "cpu_count": os.cpu_count(),
+                            "platform": platform.platform()}, "surfaces": [kept[n] for n in SURFACES if n in kept]}
+        atomic_write(RESULTS, (json.dumps(data, indent=2) + "\n").encode())
     final = json.loads(RESULTS.read_text()).get("surfaces", []) if RESULTS.exists() else []
     return 0 if all(s["exit_status"] == 0 for s in final) else 1
 

@@ -96,6 +96,7 @@ SKIPPED: dict[str, str] = {
     "vtx.machine.executor.guest_context": _HOT.format("400"),
     "vtx.machine.executor.paging_state": _HOT.format("190"),
     "vtx.machine.executor.translate": _HOT.format("190"),
+    "vtx.vmx.eptp.ept_in_force": _HOT.format("450"),
     "vtx.machine.executor.memory_op": _HOT.format("190"),
     "vtx.machine.executor.in_pv_guest": _HOT.format("990"),
     "vtx.machine.executor.resolved": _HOT.format("390"),

@@ -62,7 +62,7 @@ from vtx.machine.model import LinearAccess, Machine, ProgramStep, Trace, Vm
 from vtx.machine.scenario import LENGTHS, build_machine, parse_scenario
 from vtx.machine.snapshot import VmImage, guest_visible, pause_vm, restore_vm, resume_vm, save_vm
 from vtx.paging import tlb as tlbm
-from vtx.paging.ept import PS, Ept, R, W, X, ept_from_eptp, translate_gpa
+from vtx.paging.ept import PS, Ept, R, W, X, translate_gpa
 from vtx.paging.formats import PAGE_OFFSET_BITS, PAGE_SIZE
 from vtx.paging.guest import Access, AccessKind, PagingFeatures, PagingState
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
@@ -73,6 +73,7 @@ from vtx.strategies import ept_map_page
 from vtx.svm.templates import build_svm_template
 from vtx.typecheck import checked
 from vtx.vmx.capabilities import load_preset
+from vtx.vmx.eptp import ept_in_force
 from vtx.vmx.exits import causes
 from vtx.vmx.vmcs import Vmcs
 
@@ -122,7 +123,7 @@ def _vmcs(machine: Machine, vm: Vm, vcpu: int = 0) -> Vmcs:
 
 def _ept(machine: Machine, vm: Vm) -> Ept:
     vmcs = _vmcs(machine, vm)
-    return ept_from_eptp(vmcs["EPT_POINTER"], machine.caps, secondary_controls=vmcs["SECONDARY_VM_EXEC_CONTROL"])
+    return ept_in_force(vmcs, machine.caps)
 
 
 @checked

@@ -17,16 +17,18 @@ from collections.abc import Iterator
 
 import attrs
 
+from vtx.errors import VtxError
 from vtx.invariants.mappings import EptMapping, EptView, PageTableView, ept_view, page_table_view
 from vtx.machine.designs import get_design
 from vtx.machine.designs.pv import paging_state
 from vtx.machine.memory_map import LEAF_BITS, backing_hpa
 from vtx.machine.model import Machine, Vm
-from vtx.paging.ept import Ept, R, W, X, ept_from_eptp
+from vtx.paging.ept import Ept, R, W, X
 from vtx.paging.formats import PAGE_OFFSET_BITS, PAGE_SIZE
 from vtx.paging.guest import CompiledMode, PagingFeatures, compile_for
 from vtx.spec import VMCS_FIELDS, get_control
 from vtx.typecheck import checked
+from vtx.vmx.eptp import ept_in_force
 from vtx.vmx.exits.rules import is_set
 from vtx.vmx.operation import VmxonRegion
 from vtx.vmx.vmcs import Vmcs
@@ -194,9 +196,8 @@ def _ept_of(machine: Machine, vmcs: Vmcs) -> tuple[Ept | None, str]:
     if not is_set(vmcs, ENABLE_EPT):
         return None, "EPT disabled: guest-physical addresses are host-physical"
     try:
-        return ept_from_eptp(vmcs.get(_F["EPT_POINTER"]), machine.caps,
-                             secondary_controls=vmcs.get(_F["SECONDARY_VM_EXEC_CONTROL"])), ""
-    except Exception as e:  # an EPTP VM entry would reject: no translation happens through it
+        return ept_in_force(vmcs, machine.caps), ""
+    except VtxError as e:  # an EPTP VM entry would reject: no translation happens through it
         return None, f"EPTP unusable: {e}"
 
 

@@ -30,12 +30,13 @@ import attrs
 from vtx.bits import mask
 from vtx.errors import SpecError
 from vtx.machine.model import Machine, Vm
-from vtx.paging.ept import DIRTY, ENTRY_BYTES, EptFault, ept_from_eptp, walk_ept
+from vtx.paging.ept import DIRTY, ENTRY_BYTES, EptFault, walk_ept
 from vtx.paging.formats import PAGE_OFFSET_BITS, PAGE_SIZE
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
 from vtx.paging.outcomes import Space, Translated
 from vtx.spec import VMCS_FIELDS
 from vtx.typecheck import checked
+from vtx.vmx.eptp import ept_in_force
 from vtx.vmx.exits.causes import PML_ENTRIES
 from vtx.vmx.vmcs import Vmcs
 
@@ -155,8 +156,7 @@ def leaf_entries(machine: Machine, vm: Vm) -> dict[int, int]:
     """Guest-physical page number -> host-physical address of the EPT entry that maps it, for every
     page the VM's EPT maps."""
     vmcs = first_vmcs(machine, vm)
-    ept = ept_from_eptp(vmcs.get(_F["EPT_POINTER"]), machine.caps,
-                        secondary_controls=vmcs.get(_F["SECONDARY_VM_EXEC_CONTROL"]))
+    ept = ept_in_force(vmcs, machine.caps)
     out = {}
     for page in sorted(vm.mapped):
         w = walk_ept(ept, machine.memory, page << PAGE_OFFSET_BITS, [])

@@ -30,7 +30,6 @@ from vtx.machine.memory_map import map_backed
 from vtx.machine.model import Event, LinearAccess, Machine, MapPage, ProgramStep, Trace, Vcpu
 from vtx.outcomes import VmEntered, VmSucceed
 from vtx.paging import walk2d
-from vtx.paging.ept import ept_from_eptp
 from vtx.paging.formats import EPT_VIOLATION_QUALIFICATION, PAGE_SIZE
 from vtx.paging.guest import Access, AccessKind, PagingFeatures, PagingState
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
@@ -38,6 +37,7 @@ from vtx.paging.outcomes import EptMisconfig, EptViolation, Outcome, PageFault, 
 from vtx.spec import VMCS_FIELDS, get_control, reg_bit
 from vtx.typecheck import checked
 from vtx.vmx import instructions as ins
+from vtx.vmx.eptp import ept_in_force
 from vtx.vmx.exits.causes import VECTORS
 from vtx.vmx.exits.info import INTERRUPTION, ExitInfo
 from vtx.vmx.exits.rules import Decision, Executes, GuestContext, GuestFault, decide
@@ -75,8 +75,7 @@ def paging_state(vmcs: Vmcs, lp: LogicalProcessor) -> PagingState:
 
 def translate(machine: Machine, lp: LogicalProcessor, vmcs: Vmcs, step: LinearAccess) -> Outcome:
     """The 2D walk of a guest access under the VMCS's EPT."""
-    ept = ept_from_eptp(vmcs.get(_F["EPT_POINTER"]), machine.caps,
-                        secondary_controls=vmcs.get(_F["SECONDARY_VM_EXEC_CONTROL"]))
+    ept = ept_in_force(vmcs, machine.caps)
     return walk2d.translate(paging_state(vmcs, lp), PagingFeatures.from_capabilities(machine.caps), machine.memory,
                             step.gva, Access(step.access, size=step.size), ept=ept)
 

@@ -168,13 +168,18 @@ def _ept_conjuncts(machine: Machine, own: Ownership, ctx: VmContext, invariant: 
     return out
 
 
+def _decoded(case: Case, model: Any, *, address: Any, access: Any, w: Any) -> tuple[int, AccessKind, int, bool]:
+    """A counterexample's address, access kind and host-physical address as the model gives them,
+    and whether it is the encoding's own failure (a walk reading a table the encoding lacks)."""
+    kind = ACCESS_KINDS.get(_num(model, access) % 4, ACCESS_KINDS[0])
+    return _num(model, address), kind, _num(model, w.hpa), case.name == "table outside the encoding"
+
+
 def _pt_explainer(machine: Machine, own: Ownership, ctx: VmContext, *, gla: Any, access: Any, w: Any) -> Explain:
     def explain(case: Case, model: Any) -> tuple[str, bool]:
-        g = _num(model, gla)
-        if case.name == "table outside the encoding":
+        g, kind, hpa, incomplete = _decoded(case, model, address=gla, access=access, w=w)
+        if incomplete:
             return f"{ctx.name}: the walk of {g:#x} reads a table the encoding lacks (encoding incomplete)", False
-        kind = ACCESS_KINDS.get(_num(model, access) % 4, ACCESS_KINDS[0])
-        hpa = _num(model, w.hpa)
         out = pv_translate(machine.memory, PagingFeatures.from_capabilities(machine.caps), ctx.vm,
                            LinearAccess(g, kind))
         whose = ", ".join(o for o in own.owners(hpa, 1) if o != ctx.name) or "no other owner"
@@ -189,11 +194,9 @@ def _pt_explainer(machine: Machine, own: Ownership, ctx: VmContext, *, gla: Any,
 def _ept_explainer(machine: Machine, own: Ownership, vm: str, *, ept: Ept, gpa: Any, access: Any, user: Any,
                    w: Any) -> Explain:
     def explain(case: Case, model: Any) -> tuple[str, bool]:
-        g = _num(model, gpa)
-        if case.name == "table outside the encoding":
+        g, kind, hpa, incomplete = _decoded(case, model, address=gpa, access=access, w=w)
+        if incomplete:
             return f"{vm}: the walk of gpa {g:#x} reads a table the encoding lacks (encoding incomplete)", False
-        kind = ACCESS_KINDS.get(_num(model, access) % 4, ACCESS_KINDS[0])
-        hpa = _num(model, w.hpa)
         u = bool(model.eval(user, model_completion=True))
         concrete = translate_gpa(ept, machine.memory, g, kind, linear=LinearInfo(0, True, user=u))
         walked = walk_ept(ept, machine.memory, g, [])

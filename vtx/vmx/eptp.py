@@ -14,10 +14,12 @@ from __future__ import annotations
 import attrs
 
 from vtx.bits import BitRange
-from vtx.paging.ept import eptp_problems
+from vtx.paging.ept import Ept, ept_from_eptp, eptp_problems
 from vtx.paging.formats import EPT
+from vtx.spec import VMCS_FIELDS
 from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
+from vtx.vmx.vmcs import Vmcs
 
 
 @attrs.frozen
@@ -48,3 +50,14 @@ EPTP = EptpLayout(
 def is_valid_eptp(eptp: int, caps: Capabilities) -> bool:
     """Whether ``eptp`` satisfies every EPTP rule."""
     return not eptp_problems(eptp, caps)
+
+
+_EPTP_FIELD = VMCS_FIELDS["EPT_POINTER"]
+_SECONDARY = VMCS_FIELDS["SECONDARY_VM_EXEC_CONTROL"]
+
+
+def ept_in_force(vmcs: Vmcs, caps: Capabilities) -> Ept:
+    """The EPT a VMCS selects: its EPTP read with the secondary controls that change how EPT
+    translates (mode-based execute control; SDM Vol. 3C §26.6.2 "Processor-Based VM-Execution
+    Controls", §30.3.3.1)."""
+    return ept_from_eptp(vmcs.get(_EPTP_FIELD), caps, secondary_controls=vmcs.get(_SECONDARY))

@@ -22,12 +22,13 @@ from vtx.errors import InputError, SpecError
 from vtx.guest_ops import GuestOp
 from vtx.machine.designs.choices import CHOICES, DesignChoices, io_bitmaps, msr_bitmap
 from vtx.machine.memory_map import install_guest_paging
-from vtx.paging.ept import EPTP_FIELDS, EptLevel, ept_from_eptp
+from vtx.paging.ept import EPTP_FIELDS, EptLevel
 from vtx.paging.formats import PAGE_SIZE
 from vtx.paging.memory import HostPhysAddr
-from vtx.spec import CONTROL_FIELDS, VMCS_FIELDS, get_control, reg_bit
+from vtx.spec import CONTROL_FIELDS, get_control, reg_bit
 from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
+from vtx.vmx.eptp import ept_in_force
 from vtx.vmx.exits.causes import PML_ENTRIES
 from vtx.vmx.exits.info import ExitInfo
 from vtx.vmx.templates import build_template
@@ -111,8 +112,7 @@ def dirty_logging(caps: Capabilities) -> bool:
 @checked
 def ept_levels(caps: Capabilities, vmcs: Vmcs) -> tuple[EptLevel, ...]:
     """The EPT levels the VMCS's EPTP selects on this processor."""
-    return ept_from_eptp(vmcs.get(VMCS_FIELDS["EPT_POINTER"]), caps,
-                         secondary_controls=vmcs.get(VMCS_FIELDS["SECONDARY_VM_EXEC_CONTROL"])).levels
+    return ept_in_force(vmcs, caps).levels
 
 
 VMX_KINDS = frozenset({"hvm", "pv", "service"})

@@ -20,7 +20,7 @@ from vtx import guest_ops as g
 from vtx.bits import mask
 from vtx.conditions import ControlAllowed
 from vtx.errors import InputError, NotEvaluable
-from vtx.paging.ept import LinearInfo, ept_from_eptp, translate_gpa
+from vtx.paging.ept import LinearInfo, translate_gpa
 from vtx.paging.formats import PAGE_OFFSET_BITS
 from vtx.paging.guest import AccessKind
 from vtx.paging.memory import HostPhysAddr, PhysicalMemory
@@ -38,6 +38,7 @@ from vtx.spec import (
 )
 from vtx.typecheck import checked
 from vtx.vmx.capabilities import Capabilities
+from vtx.vmx.eptp import ept_in_force
 from vtx.vmx.exits import causes as C  # noqa: N812 - the cause tables, read everywhere below
 from vtx.vmx.exits.info import ExitInfo
 from vtx.vmx.exits.layouts import LAYOUTS
@@ -414,8 +415,7 @@ def _memory(op: g.MemoryAccess, vmcs: Vmcs, s: GuestContext, caps: Capabilities 
     if is_set(vmcs, ctl("proc2", "enable_ept")):
         if caps is None:
             raise NotEvaluable("EPT", "enabled", "an EPT walk needs the capability profile (MAXPHYADDR, EPT caps)")
-        secondary = vmcs.get(_F["SECONDARY_VM_EXEC_CONTROL"])
-        ept = ept_from_eptp(vmcs.get(_F["EPT_POINTER"]), caps, secondary_controls=secondary)
+        ept = ept_in_force(vmcs, caps)
         out = translate_gpa(ept, s.memory, op.physical, op.access,
                             linear=LinearInfo(op.linear, final=not op.paging_structure),
                             paging_structure=op.paging_structure, nmi_unblocking=s.iret_unblocked_nmi)
